@@ -82,3 +82,31 @@ def subprocess_env(moto) -> dict[str, str]:
     env["AWS_DEFAULT_REGION"] = REGION
     env["PYTHONPATH"] = str(REPO)
     return env
+
+
+NODE_DIR = REPO / "tests" / "node"
+
+
+def start_node(script: str, *args: str, cwd: Path = NODE_DIR) -> tuple[subprocess.Popen, int]:
+    """Starts a Node.js helper that prints `READY <port>` once it listens."""
+    if not (NODE_DIR / "node_modules").is_dir():
+        raise RuntimeError("tests/node/node_modules is missing: run `make test` (it runs npm ci there).")
+    proc = subprocess.Popen(
+        ["node", script, *args], cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    line = proc.stdout.readline()
+    if not line.startswith("READY"):
+        proc.kill()
+        raise RuntimeError(f"{script} did not start: {line!r} {proc.stderr.read()}")
+    return proc, int(line.split()[1])
+
+
+@pytest.fixture
+def kinesalite() -> str:
+    """kinesalite on 127.0.0.1: a Kinesis emulator that routes writes to child shards after a split."""
+    proc, port = start_node("kinesalite_local.js")
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)

@@ -491,6 +491,7 @@ class _ReadShardsFn(beam.DoFn, RestrictionProvider):
         except (ConnectionError, HTTPClientError) as error:
             return self._backoff(stream, position, type(error).__name__), []
         self._calls.inc()
+        now = time.time()  # the next poll is spaced from the end of this one: never more than the limit
         behind = response.get("MillisBehindLatest")
         if behind is not None:
             Metrics.gauge("kinesis", f"millis_behind_latest_{position.shard_id}").set(int(behind))

@@ -1,0 +1,300 @@
+"""What every pipeline's command line shares: run configs, `--help`, validation, runner choice, stopping.
+
+Bad configuration fails here, at start, with a message that names the option and the fix; nothing is
+read from AWS before the options are known to be usable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import logging
+import signal
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import yaml
+from apache_beam.options.pipeline_options import (
+    DirectOptions,
+    PipelineOptions,
+    StandardOptions,
+    _BeamArgumentParser,
+)
+
+from transforms import kinesis
+
+_LOG = logging.getLogger("pipelines")
+
+LOCAL_RUNNERS = {"directrunner", "fnapirunner", "switchingdirectrunner"}
+
+
+class ConfigError(ValueError):
+    """A wrong or missing option; its message names the option and says how to fix it."""
+
+
+class RunOptions(PipelineOptions):
+    @classmethod
+    def _add_argparse_args(cls, parser):
+        group = parser.add_argument_group("Run")
+        group.add_argument(
+            "--config",
+            default=None,
+            help="A run config (YAML mapping of option name to value), e.g. run_configs/flowlogs-local.yaml; "
+            "options on the command line override it.",
+        )
+        group.add_argument(
+            "--demo",
+            default=False,
+            action="store_true",
+            help="Run on an embedded demo: local AWS emulator, sample data, local GELF receiver.",
+        )
+
+
+def config_args(path: str) -> list[str]:
+    """Command-line arguments from a run config file."""
+    file = Path(path)
+    if not file.is_file():
+        raise ConfigError(f"--config={path}: no such file. The shipped run configs are in run_configs/.")
+    try:
+        data = yaml.safe_load(file.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise ConfigError(f"--config={path} is not valid YAML: {error}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"--config={path} must hold a mapping of option names to values.")
+    args: list[str] = []
+    for key, value in data.items():
+        name = str(key).lstrip("-").replace("-", "_")
+        if value is None or value is False:
+            continue
+        if value is True:
+            args.append(f"--{name}")
+        elif isinstance(value, list):
+            args.extend(f"--{name}={item}" for item in value)
+        else:
+            args.append(f"--{name}={value}")
+    return args
+
+
+def expand_config(argv: Sequence[str]) -> list[str]:
+    """Puts a `--config` file's options before the command line's, so the command line wins."""
+    argv = list(argv)
+    for i, arg in enumerate(argv):
+        if arg == "--config" and i + 1 < len(argv):
+            return config_args(argv[i + 1]) + argv[:i] + argv[i + 2 :]
+        if arg.startswith("--config="):
+            return config_args(arg.split("=", 1)[1]) + argv[:i] + argv[i + 1 :]
+    return argv
+
+
+def print_help(prog: str, description: str, option_classes: Sequence[type[PipelineOptions]]) -> None:
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description=description,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        epilog="Any other Apache Beam option (e.g. --runner=FlinkRunner --flink_master=host:8081) is passed "
+        "to Beam. Options can also come from a run config: --config run_configs/NAME.yaml.",
+    )
+    runner = parser.add_argument_group("Runner")
+    runner.add_argument(
+        "--runner",
+        default="DirectRunner",
+        help="DirectRunner (local, on Beam's FnApiRunner) or FlinkRunner/PortableRunner.",
+    )
+    runner.add_argument(
+        "--region", default=None, help="AWS region of the stream (Beam's own --region option)."
+    )
+    for cls in option_classes:
+        cls._add_argparse_args(parser)
+    parser.print_help()
+
+
+def known_option_names() -> set[str]:
+    parser = _BeamArgumentParser(allow_abbrev=False)
+    for cls in {str(c): c for c in PipelineOptions.__subclasses__()}.values():
+        cls._add_argparse_args(parser)
+    names = set()
+    for action in parser._actions:
+        names.update(s for s in action.option_strings if s.startswith("--"))
+    return names
+
+
+def check_unknown_options(argv: Sequence[str], ours: set[str], local: bool) -> None:
+    """Refuses misspelt options on local runs (portable runners add options of their own)."""
+    known = known_option_names()
+    for arg in argv:
+        if not arg.startswith("--"):
+            continue
+        name = arg.split("=", 1)[0]
+        if name in known:
+            continue
+        close = difflib.get_close_matches(name, sorted(ours), n=1)
+        hint = f" Did you mean {close[0]}?" if close else " See --help for the options."
+        if local or close:
+            raise ConfigError(f"Unknown option {name}.{hint}")
+        _LOG.warning("Option %s is not a Python option; passing it to the runner.", name)
+
+
+def runner_name(options: PipelineOptions) -> str:
+    runner = options.view_as(StandardOptions).runner or "DirectRunner"
+    return runner if isinstance(runner, str) else type(runner).__name__
+
+
+def prepare_runner(options: PipelineOptions) -> None:
+    """Refuses local settings that lose data; runs DirectRunner on the FnApiRunner it falls back to."""
+    name = runner_name(options)
+    lowered = name.lower()
+    if lowered in {"bundlebaseddirectrunner"}:
+        raise ConfigError(
+            "--runner=BundleBasedDirectRunner cannot run a Python splittable DoFn such as the Kinesis "
+            "reader; use --runner=DirectRunner."
+        )
+    if lowered in LOCAL_RUNNERS:
+        direct = options.view_as(DirectOptions)
+        if direct.direct_num_workers != 1:
+            raise ConfigError(
+                f"--direct_num_workers={direct.direct_num_workers} is refused: Beam's local runner drops "
+                "the deferred work of splittable DoFns with more than one worker (data loss). "
+                "Remove it (1 worker), or use a Flink cluster for parallelism."
+            )
+        # The DirectRunner would first try to download Prism and then fall back to the FnApiRunner;
+        # go there directly so local runs behave the same on every machine.
+        options.view_as(StandardOptions).runner = "FnApiRunner"
+    # The Kinesis source is unbounded, even when it stops at the latest record.
+    options.view_as(StandardOptions).streaming = True
+
+
+def install_stop_handlers() -> None:
+    """SIGTERM or Ctrl-C makes the sources finish, so the pipeline ends cleanly within seconds."""
+
+    def stop(signum, frame):
+        if kinesis.stop_requested():
+            _LOG.warning("Second signal: exiting now.")
+            signal.signal(signum, signal.SIG_DFL)
+            raise KeyboardInterrupt
+        _LOG.warning("Stopping: finishing the current reads (signal again to exit at once).")
+        kinesis.request_stop()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+
+
+def counters(result) -> dict[str, int]:
+    """Final counter values of a finished pipeline, as 'namespace/name'."""
+    try:
+        query = result.metrics().query()
+    except Exception:  # some runners cannot report metrics
+        return {}
+    totals: dict[str, int] = {}
+    for counter in query.get("counters", []):
+        key = f"{counter.key.metric.namespace}/{counter.key.metric.name}"
+        value = counter.committed if counter.committed is not None else counter.attempted
+        totals[key] = totals.get(key, 0) + (value or 0)
+    return totals
+
+
+def main_with_errors(run: Callable[[list[str]], int], argv: Sequence[str] | None = None) -> int:
+    """Runs `run`, turning configuration errors into one clear line and exit status 2."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("botocore", "urllib3", "apache_beam.runners.portability", "apache_beam.runners.worker"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        return run(list(sys.argv[1:] if argv is None else argv))
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+
+def build_kinesis_to_gelf(pipeline, name: str, read_config, to_gelf, gelf_config, dead_letter_path: str):
+    """Kinesis → CloudWatch decode → `to_gelf` → GELF, each stage's dead letters written beside it.
+
+    One fused chain, with no Flatten, GroupByKey or Reshuffle: on the DirectRunner anything not fused
+    with the streaming source would receive nothing until the source ends.
+    """
+    import apache_beam as beam
+
+    from transforms.cloudwatch import DecodeSubscription
+    from transforms.deadletter import WriteDeadLetters
+    from transforms.elements import DEAD_LETTER
+    from transforms.gelf import WriteToGelf
+    from transforms.kinesis import ReadFromKinesis
+
+    records = pipeline | "ReadKinesis" >> ReadFromKinesis(read_config)
+    decoded = records | "DecodeSubscription" >> beam.ParDo(DecodeSubscription()).with_outputs(
+        DEAD_LETTER, main="batches"
+    )
+    encoded = decoded.batches | "ToGelf" >> beam.ParDo(to_gelf).with_outputs(DEAD_LETTER, main="gelf")
+    undeliverable = encoded.gelf | "WriteGelf" >> WriteToGelf(gelf_config, name)
+    decoded[DEAD_LETTER] | "DeadLettersDecode" >> WriteDeadLetters(dead_letter_path, name)
+    encoded[DEAD_LETTER] | "DeadLettersParse" >> WriteDeadLetters(dead_letter_path, name)
+    undeliverable | "DeadLettersGelf" >> WriteDeadLetters(dead_letter_path, name)
+
+
+def run_kinesis_pipeline(
+    name: str,
+    description: str,
+    argv: list[str],
+    option_classes: Sequence[type[PipelineOptions]],
+    make_to_gelf: Callable[[PipelineOptions, str | None], object],
+    demo: Callable[[list[str], Callable[[list[str]], int]], int] | None = None,
+) -> int:
+    """The command line of a Kinesis → GELF pipeline: parse, validate, run, report."""
+    import apache_beam as beam
+
+    from transforms.aws import aws_config_from_options
+    from transforms.deadletter import dead_letter_path_from_options
+    from transforms.gelf import gelf_config_from_options
+    from transforms.kinesis import kinesis_config_from_options
+
+    if "-h" in argv or "--help" in argv:
+        print_help(f"python -m pipelines.{name}", description, option_classes)
+        return 0
+    argv = expand_config(argv)
+    options = PipelineOptions(argv)
+    if options.view_as(RunOptions).demo:
+        if demo is None:
+            raise ConfigError(f"pipelines.{name} has no --demo.")
+        rest = [a for a in argv if a != "--demo"]
+        return demo(
+            rest, lambda args: run_kinesis_pipeline(name, description, args, option_classes, make_to_gelf)
+        )
+
+    ours = set()
+    parser = argparse.ArgumentParser(add_help=False)
+    for cls in option_classes:
+        cls._add_argparse_args(parser)
+    for action in parser._actions:
+        ours.update(s for s in action.option_strings if s.startswith("--"))
+    ours.add("--region")
+    local = runner_name(options).lower() in LOCAL_RUNNERS | {"bundlebaseddirectrunner"}
+    check_unknown_options(argv, ours, local)
+    try:
+        aws = aws_config_from_options(options)
+        read_config = kinesis_config_from_options(options, aws)
+        gelf_config = gelf_config_from_options(options)
+        dead_letter_path = dead_letter_path_from_options(options)
+        to_gelf = make_to_gelf(options, read_config.stream)
+        prepare_runner(options)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+
+    install_stop_handlers()
+    _LOG.info(
+        "%s: reading %s (%s, %s) → GELF %s %s:%s; dead letters in %s",
+        name,
+        read_config.stream,
+        aws.region,
+        read_config.initial_position,
+        gelf_config.protocol,
+        gelf_config.host,
+        gelf_config.port,
+        dead_letter_path,
+    )
+    pipeline = beam.Pipeline(options=options)
+    build_kinesis_to_gelf(pipeline, name, read_config, to_gelf, gelf_config, dead_letter_path)
+    result = pipeline.run()
+    result.wait_until_finish()
+    totals = counters(result)
+    summary = ", ".join(f"{k}={v}" for k, v in sorted(totals.items()) if v)
+    _LOG.info("%s finished (%s): %s", name, result.state, summary or "no counters")
+    return 0

@@ -1,0 +1,122 @@
+"""Synthetic but realistic VPC flow log lines, and a way to deliver them like AWS does.
+
+Used by the demo, the end-to-end tests and the benchmarks: the lines go through CloudWatch Logs
+`PutLogEvents` into a log group whose subscription filter writes to Kinesis, so the stream holds the
+real subscription format (gzip JSON DATA_MESSAGE records).
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Iterator, Sequence
+
+ACCOUNT = "123456789012"
+V2_FIELDS = (
+    "version account-id interface-id srcaddr dstaddr srcport dstport protocol packets bytes start end "
+    "action log-status"
+).split()
+
+_PROTOCOLS = ((6, 0.70), (17, 0.24), (1, 0.05), (47, 0.01))
+_SERVICE_PORTS = (443, 80, 22, 3306, 5432, 53, 123, 8080, 6379, 9200)
+
+
+def flow_log_records(count: int, seed: int = 7, end_time: float | None = None) -> Iterator[dict[str, str]]:
+    """`count` flow log records as AWS field name → text, about 1 % of them NODATA."""
+    rng = random.Random(seed)
+    end_time = int(end_time or time.time())
+    interfaces = [f"eni-{rng.getrandbits(68):017x}" for _ in range(8)]
+    protocols, weights = zip(*_PROTOCOLS, strict=True)
+    for i in range(count):
+        eni = interfaces[i % len(interfaces)]
+        end = end_time - rng.randint(0, 600)
+        start = end - rng.randint(1, 60)
+        if rng.random() < 0.01:
+            yield dict.fromkeys(V2_FIELDS, "-") | {
+                "version": "2",
+                "account-id": ACCOUNT,
+                "interface-id": eni,
+                "start": str(start),
+                "end": str(end),
+                "log-status": "NODATA",
+            }
+            continue
+        protocol = rng.choices(protocols, weights)[0]
+        inbound = rng.random() < 0.5
+        local = f"10.0.{rng.randint(0, 3)}.{rng.randint(4, 250)}"
+        if rng.random() < 0.6:
+            remote = f"10.0.{rng.randint(0, 3)}.{rng.randint(4, 250)}"
+        else:
+            first = rng.choice((52, 54, 3, 18, 203))
+            remote = f"{first}.{rng.randint(0, 255)}.{rng.randint(0, 255)}.{rng.randint(1, 254)}"
+        service = rng.choice(_SERVICE_PORTS)
+        ephemeral = rng.randint(1024, 65535)
+        if protocol == 1:
+            service = ephemeral = 0
+        src, dst, sport, dport = (
+            (remote, local, ephemeral, service) if inbound else (local, remote, ephemeral, service)
+        )
+        packets = rng.randint(1, 400)
+        yield {
+            "version": "2",
+            "account-id": ACCOUNT,
+            "interface-id": eni,
+            "srcaddr": src,
+            "dstaddr": dst,
+            "srcport": str(sport),
+            "dstport": str(dport),
+            "protocol": str(protocol),
+            "packets": str(packets),
+            "bytes": str(packets * rng.randint(40, 1500)),
+            "start": str(start),
+            "end": str(end),
+            "action": "REJECT" if rng.random() < 0.15 else "ACCEPT",
+            "log-status": "OK",
+        }
+
+
+def flow_log_lines(count: int, seed: int = 7, fields: Sequence[str] = V2_FIELDS) -> list[str]:
+    """Lines in the format given by `fields` (AWS names); fields a record lacks are written `-`."""
+    return [" ".join(r.get(f, "-") for f in fields) for r in flow_log_records(count, seed)]
+
+
+def deliver_through_cloudwatch(
+    logs_client,
+    log_group: str,
+    lines: Sequence[str],
+    batch_size: int = 250,
+    log_stream: str = "eni-all",
+    start_ms: int | None = None,
+) -> int:
+    """Puts the lines as log events in `batch_size` calls; returns the number of calls made.
+
+    With a subscription filter on the group, each call becomes one Kinesis record (moto and AWS).
+    """
+    try:
+        logs_client.create_log_stream(logGroupName=log_group, logStreamName=log_stream)
+    except logs_client.exceptions.ResourceAlreadyExistsException:
+        pass
+    now_ms = start_ms or int(time.time() * 1000)
+    calls = 0
+    for offset in range(0, len(lines), batch_size):
+        batch = lines[offset : offset + batch_size]
+        events = [{"timestamp": now_ms + offset + i, "message": line} for i, line in enumerate(batch)]
+        logs_client.put_log_events(logGroupName=log_group, logStreamName=log_stream, logEvents=events)
+        calls += 1
+    return calls
+
+
+def create_flow_log_stream(kinesis_client, logs_client, stream: str, log_group: str, shards: int = 2) -> str:
+    """A Kinesis stream fed by a log group's subscription filter, as AWS users set it up."""
+    kinesis_client.create_stream(StreamName=stream, ShardCount=shards)
+    kinesis_client.get_waiter("stream_exists").wait(StreamName=stream, WaiterConfig={"Delay": 0.2})
+    arn = kinesis_client.describe_stream_summary(StreamName=stream)["StreamDescriptionSummary"]["StreamARN"]
+    logs_client.create_log_group(logGroupName=log_group)
+    logs_client.put_subscription_filter(
+        logGroupName=log_group,
+        filterName="to-kinesis",
+        filterPattern="",
+        destinationArn=arn,
+        roleArn=f"arn:aws:iam::{ACCOUNT}:role/CWLtoKinesisRole",
+    )
+    return arn
