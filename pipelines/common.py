@@ -195,7 +195,9 @@ def counters(result) -> dict[str, int]:
 
 def main_with_errors(run: Callable[[list[str]], int], argv: Sequence[str] | None = None) -> int:
     """Runs `run`, turning configuration errors into one clear line and exit status 2."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True
+    )
     for noisy in ("botocore", "urllib3", "apache_beam.runners.portability", "apache_beam.runners.worker"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
@@ -269,6 +271,8 @@ def run_kinesis_pipeline(
     local = runner_name(options).lower() in LOCAL_RUNNERS | {"bundlebaseddirectrunner"}
     check_unknown_options(argv, ours, local)
     try:
+        if not options.view_as(kinesis.KinesisOptions).stream_name:
+            kinesis_config_from_options(options, None)  # says how to name a stream, or try the demo
         aws = aws_config_from_options(options)
         read_config = kinesis_config_from_options(options, aws)
         gelf_config = gelf_config_from_options(options)

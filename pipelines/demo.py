@@ -147,7 +147,7 @@ def run_demo(extra_args: list[str], run_pipeline: Callable[[list[str]], int]) ->
             time.sleep(0.1)
         done.set()
         print(f"Pipeline finished in {time.monotonic() - started:.1f} s.")
-        _summary(receiver.messages(), EVENTS, dead_letter_dir)
+        _summary(receiver.messages, EVENTS, dead_letter_dir)
         return status
     finally:
         done.set()

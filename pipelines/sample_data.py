@@ -120,3 +120,29 @@ def create_flow_log_stream(kinesis_client, logs_client, stream: str, log_group: 
         roleArn=f"arn:aws:iam::{ACCOUNT}:role/CWLtoKinesisRole",
     )
     return arn
+
+
+def subscription_payload(
+    lines: Sequence[str],
+    log_group: str = "/vpc/flowlogs",
+    log_stream: str = "eni-all",
+    start_ms: int | None = None,
+    first_id: int = 0,
+) -> bytes:
+    """A CloudWatch Logs subscription DATA_MESSAGE as AWS writes it to Kinesis (gzip JSON, string ids)."""
+    import gzip
+    import json
+
+    start_ms = start_ms or int(time.time() * 1000)
+    message = {
+        "messageType": "DATA_MESSAGE",
+        "owner": ACCOUNT,
+        "logGroup": log_group,
+        "logStream": log_stream,
+        "subscriptionFilters": ["to-kinesis"],
+        "logEvents": [
+            {"id": f"{first_id + i:056d}", "timestamp": start_ms + i, "message": line}
+            for i, line in enumerate(lines)
+        ],
+    }
+    return gzip.compress(json.dumps(message).encode())

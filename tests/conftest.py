@@ -110,3 +110,46 @@ def kinesalite() -> str:
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+class NodeGelfReceiver:
+    """The independent GELF decoder (tests/gelf_receiver.js) as a child process."""
+
+    def __init__(self, protocol: str, out: Path, *args: str):
+        self.out = out
+        self.proc, self.port = start_node(
+            str(REPO / "tests" / "gelf_receiver.js"),
+            "--protocol",
+            protocol,
+            "--port",
+            "0",
+            "--out",
+            str(out),
+            *args,
+        )
+
+    def messages(self) -> list[dict]:
+        import json
+
+        if not self.out.exists():
+            return []
+        return [json.loads(line) for line in self.out.read_text().splitlines() if line.strip()]
+
+    def wait_for(self, count: int, timeout: float = 30.0) -> list[dict]:
+        deadline = time.monotonic() + timeout
+        while True:
+            got = self.messages()
+            if len(got) >= count or time.monotonic() > deadline:
+                return got
+            time.sleep(0.1)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=10)
+
+
+@pytest.fixture
+def gelf_udp(tmp_path):
+    receiver = NodeGelfReceiver("udp", tmp_path / "gelf.jsonl")
+    yield receiver
+    receiver.stop()
