@@ -198,7 +198,7 @@ def main_with_errors(run: Callable[[list[str]], int], argv: Sequence[str] | None
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True
     )
-    for noisy in ("botocore", "urllib3", "apache_beam.runners.portability", "apache_beam.runners.worker"):
+    for noisy in ("botocore", "urllib3", "apache_beam"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         return run(list(sys.argv[1:] if argv is None else argv))
