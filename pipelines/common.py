@@ -279,6 +279,7 @@ def run_kinesis_pipeline(
         dead_letter_path = dead_letter_path_from_options(options)
         to_gelf = make_to_gelf(options, read_config.stream)
         prepare_runner(options)
+        kinesis.check_stream(read_config)
     except ValueError as error:
         raise ConfigError(str(error)) from None
 

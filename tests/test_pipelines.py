@@ -160,12 +160,14 @@ def test_without_stop_at_latest_it_streams_live_idles_quietly_and_stops_on_sigte
             latencies.append(time.monotonic() - written)
             assert len(got) == 100 * (round_ + 1)
         assert max(latencies) < 5, latencies
+        print(f"idle CPU {idle_cpu:.2f} s in 5 s; delivery latencies {[round(x, 2) for x in latencies]} s")
 
         stopped = time.monotonic()
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=20)
         assert proc.returncode == 0
         assert time.monotonic() - stopped < 10
+        print(f"stopped {time.monotonic() - stopped:.2f} s after SIGTERM")
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -325,6 +327,14 @@ def test_bad_configuration_fails_at_start_naming_the_option(args, message):
     assert done.returncode == 2
     assert message in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_a_stream_that_does_not_exist_fails_at_start_naming_it(moto, subprocess_env, tmp_path):
+    args = pipeline_args(moto, 12201, tmp_path / "dl", "--stop_at_latest")
+    args[1] = "--stream_name=no-such-stream"
+    done = run_cli("flowlogs", args, subprocess_env, timeout=60)
+    assert done.returncode == 2
+    assert "--stream_name=no-such-stream: no such Kinesis stream in region us-east-1" in done.stderr
 
 
 def test_help_lists_every_option():

@@ -181,6 +181,39 @@ def kinesis_config_from_options(options: PipelineOptions, aws: AwsConfig) -> Kin
     )
 
 
+def check_stream(config: KinesisReadConfig) -> None:
+    """Fails at start, with the fix, when the stream cannot be read (name, region or credentials)."""
+    from botocore.exceptions import BotoCoreError, NoCredentialsError
+
+    where = f"in region {config.aws.region}" + (
+        f" at {config.aws.endpoint_url}" if config.aws.endpoint_url else ""
+    )
+    try:
+        client = config.aws.client("kinesis", retries={"mode": "standard", "total_max_attempts": 2})
+        summary = client.describe_stream_summary(StreamName=config.stream)["StreamDescriptionSummary"]
+    except NoCredentialsError:
+        raise ValueError(
+            "No AWS credentials found: set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or AWS_PROFILE, run on "
+            "an instance or task with a role, or pass --aws_profile."
+        ) from None
+    except ClientError as error:
+        code = error.response.get("Error", {}).get("Code", "")
+        if code == "ResourceNotFoundException":
+            raise ValueError(
+                f"--stream_name={config.stream}: no such Kinesis stream {where}; check the name and --region."
+            ) from None
+        raise ValueError(
+            f"--stream_name={config.stream}: cannot describe the stream {where} ({code}); the reader needs "
+            "kinesis:DescribeStreamSummary, ListShards, GetShardIterator and GetRecords."
+        ) from None
+    except BotoCoreError as error:
+        raise ValueError(
+            f"Cannot reach Kinesis {where}: {error}. Check --region and --aws_endpoint_url."
+        ) from None
+    if summary.get("StreamStatus") not in ("ACTIVE", "UPDATING"):
+        _LOG.warning("Kinesis stream %s is %s", config.stream, summary.get("StreamStatus"))
+
+
 # --- restriction -------------------------------------------------------------------------------
 
 
