@@ -78,3 +78,17 @@ class DeadLetter:
     event_id: str | None = None
     event_timestamp_ms: int | None = None
     time_ms: int = field(default_factory=lambda: int(time.time() * 1000))
+
+    @classmethod
+    def for_event(cls, stage: str, reason: str, event: LogEvent, batch: LogEventBatch) -> DeadLetter:
+        """A log event that could not be processed, traced to its log group and Kinesis record."""
+        return cls(
+            stage=stage,
+            reason=reason,
+            raw=event.message.encode("utf-8", "surrogatepass"),
+            source=batch.source,
+            log_group=batch.log_group,
+            log_stream=batch.log_stream,
+            event_id=event.event_id,
+            event_timestamp_ms=event.timestamp_ms,
+        )

@@ -302,17 +302,7 @@ class FlowLogsToGelf(beam.DoFn):
             except ValueError as err:  # FlowLogParseError, or a value GELF encoding refused
                 errors += 1
                 yield beam.pvalue.TaggedOutput(
-                    DEAD_LETTER,
-                    DeadLetter(
-                        stage=DEAD_LETTER_STAGE,
-                        reason=str(err),
-                        raw=event.message.encode("utf-8", "surrogatepass"),
-                        source=batch.source,
-                        log_group=batch.log_group,
-                        log_stream=batch.log_stream,
-                        event_id=event.event_id,
-                        event_timestamp_ms=event.timestamp_ms,
-                    ),
+                    DEAD_LETTER, DeadLetter.for_event(DEAD_LETTER_STAGE, str(err), event, batch)
                 )
                 continue
             status = record.get("log_status")

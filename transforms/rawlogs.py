@@ -148,16 +148,7 @@ class RawLogsToGelf(beam.DoFn):
                 self.encode_errors.inc()
                 yield beam.pvalue.TaggedOutput(
                     DEAD_LETTER,
-                    DeadLetter(
-                        stage=DEAD_LETTER_STAGE,
-                        reason=f"GELF encoding failed: {err}",
-                        raw=event.message.encode("utf-8", "surrogatepass"),
-                        source=batch.source,
-                        log_group=batch.log_group,
-                        log_stream=batch.log_stream,
-                        event_id=event.event_id,
-                        event_timestamp_ms=event.timestamp_ms,
-                    ),
+                    DeadLetter.for_event(DEAD_LETTER_STAGE, f"GELF encoding failed: {err}", event, batch),
                 )
                 continue
             json_events += was_json
