@@ -37,6 +37,16 @@ def wait_for_http(url: str, timeout: float = 20.0) -> None:
             time.sleep(0.1)
 
 
+@pytest.fixture(autouse=True)
+def no_stop_request():
+    """A stop requested by one test (shutdown of the Kinesis reader) must not leak into the next."""
+    from transforms import kinesis
+
+    kinesis._STOP.clear()
+    yield
+    kinesis._STOP.clear()
+
+
 @pytest.fixture(scope="session")
 def moto_endpoint(tmp_path_factory) -> str:
     """A moto_server process on a free loopback port, for the whole session."""

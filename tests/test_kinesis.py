@@ -30,13 +30,6 @@ from transforms.kinesis import (
 )
 
 
-@pytest.fixture(autouse=True)
-def clear_stop():
-    kinesis._STOP.clear()
-    yield
-    kinesis._STOP.clear()
-
-
 def read_config(endpoint: str, stream: str = "s", **kwargs) -> KinesisReadConfig:
     aws = AwsConfig(
         region=REGION, endpoint_url=endpoint, access_key_id="testing", secret_access_key="testing"

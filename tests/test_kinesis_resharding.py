@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 
 import apache_beam as beam
-import pytest
 
 from tests.conftest import aws_client
 from tests.test_kinesis import (
@@ -18,13 +17,6 @@ from tests.test_kinesis import (
     wait_for,
 )
 from transforms import kinesis
-
-
-@pytest.fixture(autouse=True)
-def clear_stop():
-    kinesis._STOP.clear()
-    yield
-    kinesis._STOP.clear()
 
 
 def active(client, stream: str) -> None:

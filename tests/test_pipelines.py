@@ -21,6 +21,7 @@ from pipelines.sample_data import (
     subscription_payload,
 )
 from tests.conftest import REGION, REPO, aws_client
+from tests.test_cloudwatch import CONTROL
 from transforms.deadletter import read_dead_letters
 
 pytestmark = pytest.mark.slow
@@ -198,24 +199,7 @@ def test_custom_v5_format_parses_and_bad_input_lands_in_the_dead_letter(
     kinesis = aws_client("kinesis", moto)
     kinesis.create_stream(StreamName=STREAM, ShardCount=2)
     good = subscription_payload([V5_LINE, V5_LINE.replace("49152", "49153"), "5 too short"], log_group="/v5")
-    control = gzip.compress(
-        json.dumps(
-            {
-                "messageType": "CONTROL_MESSAGE",
-                "owner": "CloudwatchLogs",
-                "logGroup": "",
-                "logStream": "",
-                "subscriptionFilters": [],
-                "logEvents": [
-                    {
-                        "id": "",
-                        "timestamp": 1,
-                        "message": "CWL CONTROL MESSAGE: Checking health of destination",
-                    }
-                ],
-            }
-        ).encode()
-    )
+    control = gzip.compress(json.dumps(CONTROL).encode())
     corrupt = gzip.compress(b'{"messageType": "DATA_MESSAGE"}')[:-9] + b"garbage!!"
     not_json = gzip.compress(b"this is not json")
     for i, data in enumerate([good, control, corrupt, not_json, good]):
