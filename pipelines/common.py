@@ -12,6 +12,7 @@ import logging
 import signal
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import yaml
@@ -140,8 +141,10 @@ def runner_name(options: PipelineOptions) -> str:
     return runner if isinstance(runner, str) else type(runner).__name__
 
 
-def prepare_runner(options: PipelineOptions) -> None:
-    """Refuses local settings that lose data; runs DirectRunner on the FnApiRunner it falls back to."""
+def prepare_runner(options: PipelineOptions) -> bool:
+    """Refuses local settings that lose data; runs DirectRunner on the FnApiRunner it falls back to.
+
+    Returns whether the run is local (one worker)."""
     name = runner_name(options)
     lowered = name.lower()
     if lowered in {"bundlebaseddirectrunner"}:
@@ -162,6 +165,7 @@ def prepare_runner(options: PipelineOptions) -> None:
         options.view_as(StandardOptions).runner = "FnApiRunner"
     # The Kinesis source is unbounded, even when it stops at the latest record.
     options.view_as(StandardOptions).streaming = True
+    return lowered in LOCAL_RUNNERS
 
 
 def install_stop_handlers() -> None:
@@ -278,7 +282,8 @@ def run_kinesis_pipeline(
         gelf_config = gelf_config_from_options(options)
         dead_letter_path = dead_letter_path_from_options(options)
         to_gelf = make_to_gelf(options, read_config.stream)
-        prepare_runner(options)
+        local = prepare_runner(options)
+        read_config = replace(read_config, split_shards=not local)
         kinesis.check_stream(read_config)
     except ValueError as error:
         raise ConfigError(str(error)) from None

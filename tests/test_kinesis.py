@@ -189,6 +189,15 @@ def test_reads_every_record_of_every_shard_once_with_its_coordinates(moto, tmp_p
     assert all(float(arrival) > time.time() - 300 for _, arrival in seen)
 
 
+def test_one_restriction_for_all_shards_reads_each_record_once(moto):
+    client = aws_client("kinesis", moto)
+    client.create_stream(StreamName="s", ShardCount=3)
+    values = [f"record-{i}" for i in range(900)]
+    put(client, "s", values)
+    config = read_config(moto, split_shards=False, max_records=100)
+    run_reader(config, lambda r: assert_that(r | beam.Map(lambda x: x.data.decode()), equal_to(values)))
+
+
 def test_at_timestamp_skips_what_arrived_before(moto):
     client = aws_client("kinesis", moto)
     client.create_stream(StreamName="s", ShardCount=1)
@@ -224,11 +233,18 @@ def wait_for(predicate, timeout: float = 20.0) -> None:
         time.sleep(0.05)
 
 
-def test_latest_reads_only_new_records_live_and_stops_on_request(moto, tmp_path):
+@pytest.mark.parametrize("split_shards", [True, False], ids=["reader-per-shard", "one-reader"])
+def test_latest_reads_only_new_records_live_and_stops_on_request(moto, tmp_path, split_shards):
     client = aws_client("kinesis", moto)
     client.create_stream(StreamName="s", ShardCount=2)
     put(client, "s", [f"before-{i}" for i in range(20)])
-    config = read_config(moto, initial_position="LATEST", stop_at_latest=False, idle_poll_seconds=0.5)
+    config = read_config(
+        moto,
+        initial_position="LATEST",
+        stop_at_latest=False,
+        idle_poll_seconds=0.5,
+        split_shards=split_shards,
+    )
     latencies = []
 
     def writer(path):

@@ -123,6 +123,10 @@ class KinesisReadConfig:
     max_polls_per_second: float = 5.0
     idle_poll_seconds: float = 1.0
     max_process_seconds: float = 1.0
+    # One restriction per shard lets a distributed runner spread shards over workers. A single local
+    # worker serves restrictions one after another, so there one restriction polling every shard
+    # keeps an idle poll from waiting behind the other shards' idle waits.
+    split_shards: bool = True
 
 
 def parse_timestamp(text: str) -> float:
@@ -390,7 +394,7 @@ class KinesisRestrictionProvider(RestrictionProvider):
 
     def split(self, element, restriction: KinesisRestriction) -> Iterable[KinesisRestriction]:
         """One restriction per shard lineage, so a runner can spread shards over workers."""
-        if len(restriction.shards) <= 1:
+        if len(restriction.shards) <= 1 or not self._config.split_shards:
             yield restriction
             return
         for position in restriction.shards:
