@@ -92,7 +92,14 @@ def test_every_flow_log_event_arrives_exactly_once_with_the_plugin_fields(
     create_flow_log_stream(kinesis, logs, STREAM, LOG_GROUP, shards=2)
     lines = flow_log_lines(10_000) + [KNOWN_LINE]
     deliver_through_cloudwatch(logs, LOG_GROUP, lines, batch_size=500, start_ms=1_795_000_000_000)
-    shards = {r["ShardId"] for r in kinesis.list_shards(StreamName=STREAM)["Shards"]}
+    shards = [r["ShardId"] for r in kinesis.list_shards(StreamName=STREAM)["Shards"]]
+    for shard in shards:
+        iterator = kinesis.get_shard_iterator(
+            StreamName=STREAM, ShardId=shard, ShardIteratorType="TRIM_HORIZON"
+        )
+        assert kinesis.get_records(ShardIterator=iterator["ShardIterator"])["Records"], (
+            f"{shard} holds records"
+        )
     assert len(shards) == 2
 
     done = run_cli(
