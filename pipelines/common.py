@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 
+import apache_beam as beam
 import yaml
 from apache_beam.options.pipeline_options import (
     DirectOptions,
@@ -24,6 +25,12 @@ from apache_beam.options.pipeline_options import (
 )
 
 from transforms import kinesis
+from transforms.aws import aws_config_from_options
+from transforms.cloudwatch import DecodeSubscription
+from transforms.deadletter import WriteDeadLetters, dead_letter_path_from_options
+from transforms.elements import DEAD_LETTER
+from transforms.gelf import WriteToGelf, gelf_config_from_options
+from transforms.kinesis import ReadFromKinesis, kinesis_config_from_options
 
 _LOG = logging.getLogger("pipelines")
 
@@ -217,14 +224,6 @@ def build_kinesis_to_gelf(pipeline, name: str, read_config, to_gelf, gelf_config
     One fused chain, with no Flatten, GroupByKey or Reshuffle: on the DirectRunner anything not fused
     with the streaming source would receive nothing until the source ends.
     """
-    import apache_beam as beam
-
-    from transforms.cloudwatch import DecodeSubscription
-    from transforms.deadletter import WriteDeadLetters
-    from transforms.elements import DEAD_LETTER
-    from transforms.gelf import WriteToGelf
-    from transforms.kinesis import ReadFromKinesis
-
     records = pipeline | "ReadKinesis" >> ReadFromKinesis(read_config)
     decoded = records | "DecodeSubscription" >> beam.ParDo(DecodeSubscription()).with_outputs(
         DEAD_LETTER, main="batches"
@@ -245,13 +244,6 @@ def run_kinesis_pipeline(
     demo: Callable[[list[str], Callable[[list[str]], int]], int] | None = None,
 ) -> int:
     """The command line of a Kinesis → GELF pipeline: parse, validate, run, report."""
-    import apache_beam as beam
-
-    from transforms.aws import aws_config_from_options
-    from transforms.deadletter import dead_letter_path_from_options
-    from transforms.gelf import gelf_config_from_options
-    from transforms.kinesis import kinesis_config_from_options
-
     if "-h" in argv or "--help" in argv:
         print_help(f"python -m pipelines.{name}", description, option_classes)
         return 0
