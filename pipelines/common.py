@@ -145,7 +145,7 @@ def check_unknown_options(argv: Sequence[str], ours: set[str], local: bool) -> N
 
 def runner_name(options: PipelineOptions) -> str:
     runner = options.view_as(StandardOptions).runner or "DirectRunner"
-    return runner if isinstance(runner, str) else type(runner).__name__
+    return runner.rsplit(".", 1)[-1] if isinstance(runner, str) else type(runner).__name__
 
 
 def prepare_runner(options: PipelineOptions) -> bool:
@@ -169,7 +169,7 @@ def prepare_runner(options: PipelineOptions) -> bool:
             )
         # The DirectRunner would first try to download Prism and then fall back to the FnApiRunner;
         # go there directly so local runs behave the same on every machine.
-        options.view_as(StandardOptions).runner = "FnApiRunner"
+        options.view_as(StandardOptions).runner = "apache_beam.runners.portability.fn_api_runner.FnApiRunner"
     # The Kinesis source is unbounded, even when it stops at the latest record.
     options.view_as(StandardOptions).streaming = True
     return lowered in LOCAL_RUNNERS

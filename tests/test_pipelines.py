@@ -108,7 +108,9 @@ def test_every_flow_log_event_arrives_exactly_once_with_the_plugin_fields(
     assert done.returncode == 0, done.stderr[-3000:]
     messages = gelf_udp.wait_for(len(lines), timeout=10)
 
-    assert len(messages) == len(lines), "every event once: nothing lost, nothing duplicated"
+    assert len(messages) == len(lines), (
+        f"every event once: got {len(messages)} of {len(lines)}; {done.stderr[-800:]}"
+    )
     timestamps = Counter(m["timestamp"] for m in messages)
     assert len(timestamps) == len(lines) and max(timestamps.values()) == 1
     assert not [m for m in messages if "__receiver_error__" in m]
