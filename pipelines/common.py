@@ -35,6 +35,8 @@ from transforms.kinesis import ReadFromKinesis, kinesis_config_from_options
 _LOG = logging.getLogger("pipelines")
 
 LOCAL_RUNNERS = {"directrunner", "fnapirunner", "switchingdirectrunner"}
+#: Where the DirectRunner runs a streaming Python pipeline; by its path, which every Beam release knows.
+LOCAL_RUNNER = "apache_beam.runners.portability.fn_api_runner.FnApiRunner"
 
 
 class ConfigError(ValueError):
@@ -169,7 +171,7 @@ def prepare_runner(options: PipelineOptions) -> bool:
             )
         # The DirectRunner would first try to download Prism and then fall back to the FnApiRunner;
         # go there directly so local runs behave the same on every machine.
-        options.view_as(StandardOptions).runner = "apache_beam.runners.portability.fn_api_runner.FnApiRunner"
+        options.view_as(StandardOptions).runner = LOCAL_RUNNER
     # The Kinesis source is unbounded, even when it stops at the latest record.
     options.view_as(StandardOptions).streaming = True
     return lowered in LOCAL_RUNNERS

@@ -12,6 +12,7 @@ from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing.util import assert_that, equal_to
 
+from pipelines.common import LOCAL_RUNNER
 from tests.conftest import aws_client
 from transforms.cloudwatch import (
     MAX_DECOMPRESSED_BYTES,
@@ -235,7 +236,7 @@ def test_dofn_gives_one_batch_per_record_and_dead_letters_with_coordinates():
     )
     control = record(gz(CONTROL), "2")
     bad = record(b"not gzip at all", "3")
-    options = PipelineOptions(["--runner=FnApiRunner"])
+    options = PipelineOptions([f"--runner={LOCAL_RUNNER}"])
 
     pipeline = beam.Pipeline(options=options)
     outputs = (

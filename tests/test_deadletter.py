@@ -16,6 +16,7 @@ import pytest
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from pipelines.common import LOCAL_RUNNER
 from tests.conftest import REPO, aws_client
 from transforms.deadletter import (
     DEAD_LETTER_SCHEMA,
@@ -119,7 +120,7 @@ def test_pipeline_writes_all_dead_letters_and_counts_them_per_stage(tmp_path):
     dead_letters = [full_dead_letter(reason=f"r{i}") for i in range(4)] + [
         DeadLetter(stage="cloudwatch", reason="corrupt gzip", raw=NOT_UTF8)
     ]
-    pipeline = beam.Pipeline(options=PipelineOptions(["--runner=FnApiRunner"]))
+    pipeline = beam.Pipeline(options=PipelineOptions([f"--runner={LOCAL_RUNNER}"]))
     _ = (
         pipeline
         | "Some" >> beam.Create(dead_letters)
@@ -145,7 +146,7 @@ def test_dead_letters_reach_s3(moto):
     s3.create_bucket(Bucket="dead-letters")
     options = PipelineOptions(
         [
-            "--runner=FnApiRunner",
+            f"--runner={LOCAL_RUNNER}",
             f"--s3_endpoint_url={moto}",
             "--s3_access_key_id=testing",
             "--s3_secret_access_key=testing",

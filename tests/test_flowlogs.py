@@ -11,6 +11,7 @@ from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing.util import assert_that, equal_to
 
+from pipelines.common import LOCAL_RUNNER
 from transforms.elements import DEAD_LETTER, LogEvent, LogEventBatch, SourceCoordinates
 from transforms.flowlogs import (
     DEFAULT_FORMAT,
@@ -526,7 +527,7 @@ def test_dofn_emits_one_gelf_batch_per_input_and_dead_letters_bad_lines():
         _batch("s2", SKIPDATA_LINE, ACCEPT_LINE.replace(" 22 ", " ssh ")),
         _batch("s3", "2 1 eni-1 - -"),
     ]
-    pipeline = beam.Pipeline(options=PipelineOptions(["--runner=FnApiRunner"]))
+    pipeline = beam.Pipeline(options=PipelineOptions([f"--runner={LOCAL_RUNNER}"]))
     outputs = (
         pipeline
         | beam.Create(batches)

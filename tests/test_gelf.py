@@ -26,6 +26,7 @@ import pytest
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from pipelines.common import LOCAL_RUNNER
 from pipelines.gelf_receiver import GelfReceiver
 from tests.conftest import REPO, free_port
 from transforms.elements import DeadLetter
@@ -535,7 +536,7 @@ def _collect(element, key: str) -> None:
 def run_write(config: GelfConfig, elements: list) -> tuple[list[DeadLetter], dict[str, int]]:
     """Runs Create(elements) | WriteToGelf on the FnApiRunner; returns dead letters and gelf counters."""
     key = f"run-{time.monotonic_ns()}"
-    pipeline = beam.Pipeline(runner="FnApiRunner")
+    pipeline = beam.Pipeline(runner=LOCAL_RUNNER)
     dead = pipeline | beam.Create(elements, reshuffle=False) | WriteToGelf(config, "test")
     _ = dead | beam.Map(_collect, key)
     result = pipeline.run()

@@ -11,6 +11,7 @@ import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing.util import assert_that, equal_to
 
+from pipelines.common import LOCAL_RUNNER
 from tests.conftest import REGION, aws_client
 from tests.faultproxy import FaultPolicy, KinesisFaultProxy
 from transforms import kinesis
@@ -68,7 +69,7 @@ def lines_of(path) -> list[str]:
 
 
 def run_reader(config: KinesisReadConfig, check=None) -> beam.runners.runner.PipelineResult:
-    options = PipelineOptions(["--runner=FnApiRunner", "--streaming"])
+    options = PipelineOptions([f"--runner={LOCAL_RUNNER}", "--streaming"])
     pipeline = beam.Pipeline(options=options)
     records = pipeline | ReadFromKinesis(config)
     if check:
@@ -219,7 +220,7 @@ def collect_while_running(config: KinesisReadConfig, path, action) -> list[str]:
     """Runs the reader (streaming, no stop) while `action(path)` writes and then stops it."""
     worker = threading.Thread(target=action, args=(path,), daemon=True)
     worker.start()
-    options = PipelineOptions(["--runner=FnApiRunner", "--streaming"])
+    options = PipelineOptions([f"--runner={LOCAL_RUNNER}", "--streaming"])
     with beam.Pipeline(options=options) as pipeline:
         pipeline | ReadFromKinesis(config) | beam.ParDo(AppendToFile(path, lambda r: r.data.decode()))
     worker.join(timeout=5)

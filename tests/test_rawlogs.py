@@ -10,6 +10,7 @@ from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing.util import assert_that, equal_to
 
+from pipelines.common import LOCAL_RUNNER
 from transforms.elements import DEAD_LETTER, LogEvent, LogEventBatch, SourceCoordinates
 from transforms.rawlogs import DEFAULT_SOURCE, RawLogOptions, RawLogsToGelf, raw_event_gelf
 
@@ -188,7 +189,7 @@ def test_dofn_gives_one_gelf_batch_per_log_event_batch():
         batch(),
         batch("x", source=SourceCoordinates()),
     ]
-    pipeline = beam.Pipeline(options=PipelineOptions(["--runner=FnApiRunner"]))
+    pipeline = beam.Pipeline(options=PipelineOptions([f"--runner={LOCAL_RUNNER}"]))
     to_gelf = RawLogsToGelf("web-logs", "configured-stream", parse_json=True)
     gelf_batches = (
         pipeline | beam.Create(batches) | beam.ParDo(to_gelf).with_outputs(DEAD_LETTER, main="gelf")
