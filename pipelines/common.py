@@ -50,7 +50,7 @@ class RunOptions(PipelineOptions):
         group.add_argument(
             "--config",
             default=None,
-            help="A run config (YAML mapping of option name to value), e.g. run_configs/flowlogs-local.yaml; "
+            help="A run config (YAML mapping of option name to value), e.g. run_configs/flowlogs-aws.yaml; "
             "options on the command line override it.",
         )
         group.add_argument(
@@ -259,25 +259,21 @@ def run_kinesis_pipeline(
             rest, lambda args: run_kinesis_pipeline(name, description, args, option_classes, make_to_gelf)
         )
 
-    ours = set()
     parser = argparse.ArgumentParser(add_help=False)
     for cls in option_classes:
         cls._add_argparse_args(parser)
-    for action in parser._actions:
-        ours.update(s for s in action.option_strings if s.startswith("--"))
+    ours = {s for action in parser._actions for s in action.option_strings if s.startswith("--")}
     ours.add("--region")
-    local = runner_name(options).lower() in LOCAL_RUNNERS | {"bundlebaseddirectrunner"}
-    check_unknown_options(argv, ours, local)
     try:
+        local = prepare_runner(options)
+        check_unknown_options(argv, ours, local)
         if not options.view_as(kinesis.KinesisOptions).stream_name:
             kinesis_config_from_options(options, None)  # says how to name a stream, or try the demo
         aws = aws_config_from_options(options)
-        read_config = kinesis_config_from_options(options, aws)
+        read_config = replace(kinesis_config_from_options(options, aws), split_shards=not local)
         gelf_config = gelf_config_from_options(options)
         dead_letter_path = dead_letter_path_from_options(options)
         to_gelf = make_to_gelf(options, read_config.stream)
-        local = prepare_runner(options)
-        read_config = replace(read_config, split_shards=not local)
         kinesis.check_stream(read_config)
     except ValueError as error:
         raise ConfigError(str(error)) from None

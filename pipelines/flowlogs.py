@@ -11,7 +11,7 @@ import sys
 from pipelines.common import RunOptions, main_with_errors, run_kinesis_pipeline
 from transforms.aws import AwsOptions
 from transforms.deadletter import DeadLetterOptions
-from transforms.flowlogs import FlowLogOptions, FlowLogsToGelf, parse_format
+from transforms.flowlogs import FlowLogOptions, FlowLogsToGelf
 from transforms.gelf import GelfOptions
 from transforms.kinesis import KinesisOptions
 
@@ -22,7 +22,6 @@ OPTIONS = (RunOptions, AwsOptions, KinesisOptions, FlowLogOptions, GelfOptions, 
 
 def make_to_gelf(options, stream):
     fmt = options.view_as(FlowLogOptions).flow_log_format
-    parse_format(fmt)  # fails at start, naming --flow_log_format
     source = options.view_as(GelfOptions).gelf_source or DEFAULT_SOURCE
     return FlowLogsToGelf(fmt, source, stream)
 

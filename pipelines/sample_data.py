@@ -7,6 +7,8 @@ real subscription format (gzip JSON DATA_MESSAGE records).
 
 from __future__ import annotations
 
+import gzip
+import json
 import random
 import time
 from collections.abc import Iterator, Sequence
@@ -130,9 +132,6 @@ def subscription_payload(
     first_id: int = 0,
 ) -> bytes:
     """A CloudWatch Logs subscription DATA_MESSAGE as AWS writes it to Kinesis (gzip JSON, string ids)."""
-    import gzip
-    import json
-
     start_ms = start_ms or int(time.time() * 1000)
     message = {
         "messageType": "DATA_MESSAGE",

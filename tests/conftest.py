@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
+import select
 import shutil
 import socket
 import subprocess
-import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -25,18 +26,6 @@ def free_port(kind: int = socket.SOCK_STREAM) -> int:
         return s.getsockname()[1]
 
 
-def wait_for_http(url: str, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            urllib.request.urlopen(url, timeout=1).read()
-            return
-        except Exception:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.1)
-
-
 @pytest.fixture(autouse=True)
 def no_stop_request():
     """A stop requested by one test (shutdown of the Kinesis reader) must not leak into the next."""
@@ -50,18 +39,13 @@ def no_stop_request():
 @pytest.fixture(scope="session")
 def moto_endpoint(tmp_path_factory) -> str:
     """A moto_server process on a free loopback port, for the whole session."""
-    port = free_port()
-    log = tmp_path_factory.mktemp("moto") / "moto_server.log"
-    exe = shutil.which("moto_server", path=str(Path(sys.executable).parent)) or "moto_server"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen([exe, "-H", "127.0.0.1", "-p", str(port)], stdout=out, stderr=out)
-    url = f"http://127.0.0.1:{port}"
+    from pipelines.demo import MotoServer
+
+    server = MotoServer(tmp_path_factory.mktemp("moto"))
     try:
-        wait_for_http(f"{url}/moto-api/")
-        yield url
+        yield server.url
     finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+        server.stop()
 
 
 @pytest.fixture
@@ -122,51 +106,89 @@ def kinesalite() -> str:
         proc.wait(timeout=10)
 
 
-class NodeGelfReceiver:
-    """The independent GELF decoder (tests/gelf_receiver.js) as a child process."""
+RECEIVER_JS = REPO / "tests" / "gelf_receiver.js"
 
-    def __init__(self, protocol: str, out: Path, *args: str):
-        self.out = out
-        # Graylog runs on its own machine; here the receiver shares 2 cores with the pipeline, moto and
-        # pytest, and a starved UDP receiver drops datagrams. Give it the CPU first (root may).
-        self.proc, self.port = start_node(
-            str(REPO / "tests" / "gelf_receiver.js"),
+
+class NodeReceiver:
+    """tests/gelf_receiver.js as a subprocess."""
+
+    def __init__(self, directory: Path, protocol: str, *extra: str, port: int = 0):
+        node = shutil.which("node")
+        if node is None:
+            pytest.fail("node is not installed: the GELF end-to-end tests need Node.js (see tests/node)")
+        if not (NODE_DIR / "node_modules" / "graygelf" / "server.js").is_file():
+            pytest.fail("graygelf is missing: run `npm install` in tests/node (make test does)")
+        self.out = directory / f"received-{protocol}-{time.monotonic_ns()}.jsonl"
+        self.requests_log = self.out.with_suffix(".requests.jsonl")
+        self.stderr = self.out.with_suffix(".stderr")
+        command = [
+            node,
+            str(RECEIVER_JS),
             "--protocol",
             protocol,
             "--port",
-            "0",
+            str(port),
             "--out",
-            str(out),
-            *args,
-        )
-
+            str(self.out),
+        ]
+        if protocol == "http":
+            command += ["--requests", str(self.requests_log)]
+        with open(self.stderr, "wb") as err:
+            self.process = subprocess.Popen(command + list(extra), stdout=subprocess.PIPE, stderr=err)
+        self.port = self._wait_ready()
+        # Graylog runs on its own machine; here the receiver shares 2 cores with the pipeline, moto and
+        # pytest, and a starved UDP receiver drops datagrams. Give it the CPU first (root may).
         try:
-            os.setpriority(os.PRIO_PROCESS, self.proc.pid, -10)
+            os.setpriority(os.PRIO_PROCESS, self.process.pid, -10)
         except OSError:
             pass
 
-    def messages(self) -> list[dict]:
-        import json
+    def _wait_ready(self, timeout: float = 15.0) -> int:
+        deadline = time.monotonic() + timeout
+        line = b""
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                break
+            readable, _, _ = select.select([self.process.stdout], [], [], 0.1)
+            if readable:
+                line = self.process.stdout.readline()
+                if line.startswith(b"READY "):
+                    return int(line.split()[1])
+        self.stop()
+        pytest.fail(f"gelf_receiver.js did not start ({line!r}): {self.stderr.read_text()}")
 
-        if not self.out.exists():
+    def _lines(self, path: Path) -> list[dict]:
+        if not path.exists():
             return []
-        return [json.loads(line) for line in self.out.read_text().splitlines() if line.strip()]
+        return [json.loads(line) for line in path.read_text().splitlines() if line]
 
-    def wait_for(self, count: int, timeout: float = 30.0) -> list[dict]:
+    def messages(self) -> list[dict]:
+        return self._lines(self.out)
+
+    def requests(self) -> list[dict]:
+        return self._lines(self.requests_log)
+
+    def wait_for(self, count: int, timeout: float = 10.0) -> list[dict]:
         deadline = time.monotonic() + timeout
         while True:
-            got = self.messages()
-            if len(got) >= count or time.monotonic() > deadline:
-                return got
-            time.sleep(0.1)
+            messages = self.messages()
+            if len(messages) >= count or time.monotonic() > deadline:
+                return messages
+            time.sleep(0.05)
 
     def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(timeout=10)
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process.stdout.close()
 
 
 @pytest.fixture
 def gelf_udp(tmp_path):
-    receiver = NodeGelfReceiver("udp", tmp_path / "gelf.jsonl")
+    receiver = NodeReceiver(tmp_path, "udp")
     yield receiver
     receiver.stop()

@@ -13,7 +13,6 @@ import math
 import os
 import random
 import re
-import select
 import shutil
 import socket
 import subprocess
@@ -28,7 +27,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipelines.common import LOCAL_RUNNER
 from pipelines.gelf_receiver import GelfReceiver
-from tests.conftest import REPO, free_port
+from tests.conftest import NODE_DIR, NodeReceiver, free_port
 from transforms.elements import DeadLetter
 from transforms.gelf import (
     MAX_FIELD_BYTES,
@@ -48,8 +47,6 @@ from transforms.gelf import (
     oversize_reason,
 )
 
-NODE_DIR = REPO / "tests" / "node"
-RECEIVER_JS = REPO / "tests" / "gelf_receiver.js"
 ERROR_KEY = "__receiver_error__"
 
 
@@ -424,78 +421,6 @@ def test_client_certificate_needs_its_key(tls_files):
 # --------------------------------------------------------------------------------------------------------
 # Fixtures: the Node.js receiver, a self-signed certificate, a Beam runner
 # --------------------------------------------------------------------------------------------------------
-
-
-class NodeReceiver:
-    """tests/gelf_receiver.js as a subprocess."""
-
-    def __init__(self, directory: Path, protocol: str, *extra: str, port: int = 0):
-        node = shutil.which("node")
-        if node is None:
-            pytest.fail("node is not installed: the GELF end-to-end tests need Node.js (see tests/node)")
-        if not (NODE_DIR / "node_modules" / "graygelf" / "server.js").is_file():
-            pytest.fail("graygelf is missing: run `npm install` in tests/node (make test does)")
-        self.out = directory / f"received-{protocol}-{time.monotonic_ns()}.jsonl"
-        self.requests_log = self.out.with_suffix(".requests.jsonl")
-        self.stderr = self.out.with_suffix(".stderr")
-        command = [
-            node,
-            str(RECEIVER_JS),
-            "--protocol",
-            protocol,
-            "--port",
-            str(port),
-            "--out",
-            str(self.out),
-        ]
-        if protocol == "http":
-            command += ["--requests", str(self.requests_log)]
-        with open(self.stderr, "wb") as err:
-            self.process = subprocess.Popen(command + list(extra), stdout=subprocess.PIPE, stderr=err)
-        self.port = self._wait_ready()
-
-    def _wait_ready(self, timeout: float = 15.0) -> int:
-        deadline = time.monotonic() + timeout
-        line = b""
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                break
-            readable, _, _ = select.select([self.process.stdout], [], [], 0.1)
-            if readable:
-                line = self.process.stdout.readline()
-                if line.startswith(b"READY "):
-                    return int(line.split()[1])
-        self.stop()
-        pytest.fail(f"gelf_receiver.js did not start ({line!r}): {self.stderr.read_text()}")
-
-    def _lines(self, path: Path) -> list[dict]:
-        if not path.exists():
-            return []
-        return [json.loads(line) for line in path.read_text().splitlines() if line]
-
-    def messages(self) -> list[dict]:
-        return self._lines(self.out)
-
-    def requests(self) -> list[dict]:
-        return self._lines(self.requests_log)
-
-    def wait_for(self, count: int, timeout: float = 10.0) -> list[dict]:
-        deadline = time.monotonic() + timeout
-        while True:
-            messages = self.messages()
-            if len(messages) >= count or time.monotonic() > deadline:
-                return messages
-            time.sleep(0.05)
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self.process.stdout.close()
 
 
 @pytest.fixture

@@ -418,33 +418,17 @@ def backoff_seconds(attempt: int, rng: random.Random) -> float:
     return rng.uniform(0.5, 1.0) * min(MAX_BACKOFF_SECONDS, 0.5 * 2**attempt)
 
 
-class _ReadShardsFn(beam.DoFn, RestrictionProvider):
+class _ReadShardsFn(beam.DoFn, KinesisRestrictionProvider):
     """Polls the shards of its restriction; is its own restriction provider (needs the config)."""
 
     def __init__(self, config: KinesisReadConfig):
-        self._config = config
-        self._provider = KinesisRestrictionProvider(config)
+        KinesisRestrictionProvider.__init__(self, config)
         self._records = Metrics.counter("kinesis", "records")
         self._bytes = Metrics.counter("kinesis", "bytes")
         self._calls = Metrics.counter("kinesis", "get_records_calls")
         self._throttles = Metrics.counter("kinesis", "throttles")
         self._renewals = Metrics.counter("kinesis", "iterator_renewals")
         self._shards_finished = Metrics.counter("kinesis", "shards_finished")
-
-    def initial_restriction(self, element):
-        return self._provider.initial_restriction(element)
-
-    def split(self, element, restriction):
-        return self._provider.split(element, restriction)
-
-    def create_tracker(self, restriction):
-        return self._provider.create_tracker(restriction)
-
-    def restriction_size(self, element, restriction):
-        return self._provider.restriction_size(element, restriction)
-
-    def truncate(self, element, restriction):
-        return None
 
     def setup(self):
         # Throttling is handled here, per shard, with back-off; botocore must not retry it blindly.
@@ -470,7 +454,6 @@ class _ReadShardsFn(beam.DoFn, RestrictionProvider):
         while True:
             restriction: KinesisRestriction = tracker.current_restriction()
             if stop_requested() or not restriction.shards:
-                self._advance_watermark(watermark, restriction, finished=True)
                 tracker.try_claim(Finish())
                 return
             now = time.time()
@@ -499,8 +482,8 @@ class _ReadShardsFn(beam.DoFn, RestrictionProvider):
                 tracker.defer_remainder()
                 return
 
-    def _advance_watermark(self, estimator, restriction: KinesisRestriction, finished: bool = False):
-        if finished or not restriction.shards:
+    def _advance_watermark(self, estimator, restriction: KinesisRestriction):
+        if not restriction.shards:
             return
         low = min(s.watermark for s in restriction.shards)
         current = estimator.current_watermark()
