@@ -2,7 +2,7 @@
 #  - launcher:   docker run IMAGE python -m pipelines.flowlogs --runner=FlinkRunner ...
 #  - SDK harness for a Flink cluster: --environment_type=DOCKER --sdk_container_image=IMAGE
 # Built on Beam's own Python SDK image, whose version must match the pinned apache-beam.
-FROM apache/beam_python3.11_sdk:2.77.0
+FROM apache/beam_python3.11_sdk:2.62.0
 
 WORKDIR /opt/aws-gelf-pipelines
 COPY pyproject.toml README.md ./

@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import difflib
 import logging
-import signal
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import replace
@@ -18,12 +17,18 @@ from pathlib import Path
 import apache_beam as beam
 import yaml
 from apache_beam.options.pipeline_options import (
-    DirectOptions,
     PipelineOptions,
-    StandardOptions,
     _BeamArgumentParser,
 )
 
+from pipelines.runners import (
+    ConfigError,
+    Stopper,
+    counters,
+    flink_defaults,
+    prepare_runner,
+    runner_name,
+)
 from transforms import kinesis
 from transforms.aws import aws_config_from_options
 from transforms.cloudwatch import DecodeSubscription
@@ -33,14 +38,6 @@ from transforms.gelf import WriteToGelf, gelf_config_from_options
 from transforms.kinesis import ReadFromKinesis, kinesis_config_from_options
 
 _LOG = logging.getLogger("pipelines")
-
-LOCAL_RUNNERS = {"directrunner", "fnapirunner", "switchingdirectrunner"}
-#: Where the DirectRunner runs a streaming Python pipeline; by its path, which every Beam release knows.
-LOCAL_RUNNER = "apache_beam.runners.portability.fn_api_runner.FnApiRunner"
-
-
-class ConfigError(ValueError):
-    """A wrong or missing option; its message names the option and says how to fix it."""
 
 
 class RunOptions(PipelineOptions):
@@ -145,67 +142,6 @@ def check_unknown_options(argv: Sequence[str], ours: set[str], local: bool) -> N
         _LOG.warning("Option %s is not a Python option; passing it to the runner.", name)
 
 
-def runner_name(options: PipelineOptions) -> str:
-    runner = options.view_as(StandardOptions).runner or "DirectRunner"
-    return runner.rsplit(".", 1)[-1] if isinstance(runner, str) else type(runner).__name__
-
-
-def prepare_runner(options: PipelineOptions) -> bool:
-    """Refuses local settings that lose data; runs DirectRunner on the FnApiRunner it falls back to.
-
-    Returns whether the run is local (one worker)."""
-    name = runner_name(options)
-    lowered = name.lower()
-    if lowered in {"bundlebaseddirectrunner"}:
-        raise ConfigError(
-            "--runner=BundleBasedDirectRunner cannot run a Python splittable DoFn such as the Kinesis "
-            "reader; use --runner=DirectRunner."
-        )
-    if lowered in LOCAL_RUNNERS:
-        direct = options.view_as(DirectOptions)
-        if direct.direct_num_workers != 1:
-            raise ConfigError(
-                f"--direct_num_workers={direct.direct_num_workers} is refused: Beam's local runner drops "
-                "the deferred work of splittable DoFns with more than one worker (data loss). "
-                "Remove it (1 worker), or use a Flink cluster for parallelism."
-            )
-        # The DirectRunner would first try to download Prism and then fall back to the FnApiRunner;
-        # go there directly so local runs behave the same on every machine.
-        options.view_as(StandardOptions).runner = LOCAL_RUNNER
-    # The Kinesis source is unbounded, even when it stops at the latest record.
-    options.view_as(StandardOptions).streaming = True
-    return lowered in LOCAL_RUNNERS
-
-
-def install_stop_handlers() -> None:
-    """SIGTERM or Ctrl-C makes the sources finish, so the pipeline ends cleanly within seconds."""
-
-    def stop(signum, frame):
-        if kinesis.stop_requested():
-            _LOG.warning("Second signal: exiting now.")
-            signal.signal(signum, signal.SIG_DFL)
-            raise KeyboardInterrupt
-        _LOG.warning("Stopping: finishing the current reads (signal again to exit at once).")
-        kinesis.request_stop()
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-
-
-def counters(result) -> dict[str, int]:
-    """Final counter values of a finished pipeline, as 'namespace/name'."""
-    try:
-        query = result.metrics().query()
-    except Exception:  # some runners cannot report metrics
-        return {}
-    totals: dict[str, int] = {}
-    for counter in query.get("counters", []):
-        key = f"{counter.key.metric.namespace}/{counter.key.metric.name}"
-        value = counter.committed if counter.committed is not None else counter.attempted
-        totals[key] = totals.get(key, 0) + (value or 0)
-    return totals
-
-
 def main_with_errors(run: Callable[[list[str]], int], argv: Sequence[str] | None = None) -> int:
     """Runs `run`, turning configuration errors into one clear line and exit status 2."""
     logging.basicConfig(
@@ -251,6 +187,9 @@ def run_kinesis_pipeline(
         return 0
     argv = expand_config(argv)
     options = PipelineOptions(argv)
+    if runner_name(options).lower() == "flinkrunner":
+        argv = argv + flink_defaults(argv, name)
+        options = PipelineOptions(argv)
     if options.view_as(RunOptions).demo:
         if demo is None:
             raise ConfigError(f"pipelines.{name} has no --demo.")
@@ -278,7 +217,8 @@ def run_kinesis_pipeline(
     except ValueError as error:
         raise ConfigError(str(error)) from None
 
-    install_stop_handlers()
+    stopper = Stopper()
+    stopper.install()
     _LOG.info(
         "%s: reading %s (%s, %s) → GELF %s %s:%s; dead letters in %s",
         name,
@@ -293,8 +233,9 @@ def run_kinesis_pipeline(
     pipeline = beam.Pipeline(options=options)
     build_kinesis_to_gelf(pipeline, name, read_config, to_gelf, gelf_config, dead_letter_path)
     result = pipeline.run()
-    result.wait_until_finish()
+    stopper.attach(result, options, local)
+    state = stopper.wait(result)
     totals = counters(result)
-    summary = ", ".join(f"{k}={v}" for k, v in sorted(totals.items()) if v)
-    _LOG.info("%s finished (%s): %s", name, result.state, summary or "no counters")
+    summary = ", ".join(f"{k}={v}" for k, v in sorted(totals.items()) if v and not k.startswith("beam/"))
+    _LOG.info("%s finished (%s): %s", name, state, summary or "no counters")
     return 0

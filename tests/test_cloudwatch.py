@@ -12,7 +12,7 @@ from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing.util import assert_that, equal_to
 
-from pipelines.common import LOCAL_RUNNER
+from pipelines.runners import LOCAL_RUNNER
 from tests.conftest import aws_client
 from transforms.cloudwatch import (
     MAX_DECOMPRESSED_BYTES,

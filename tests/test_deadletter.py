@@ -16,7 +16,7 @@ import pytest
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipelines.common import LOCAL_RUNNER
+from pipelines.runners import LOCAL_RUNNER
 from tests.conftest import REPO, aws_client
 from transforms.deadletter import (
     DEAD_LETTER_SCHEMA,

@@ -11,7 +11,7 @@ from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing.util import assert_that, equal_to
 
-from pipelines.common import LOCAL_RUNNER
+from pipelines.runners import LOCAL_RUNNER
 from transforms.elements import DEAD_LETTER, LogEvent, LogEventBatch, SourceCoordinates
 from transforms.flowlogs import (
     DEFAULT_FORMAT,

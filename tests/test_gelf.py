@@ -25,8 +25,8 @@ import pytest
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipelines.common import LOCAL_RUNNER
 from pipelines.gelf_receiver import GelfReceiver
+from pipelines.runners import LOCAL_RUNNER
 from tests.conftest import NODE_DIR, NodeReceiver, free_port
 from transforms.elements import DeadLetter
 from transforms.gelf import (

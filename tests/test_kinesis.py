@@ -11,7 +11,7 @@ import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing.util import assert_that, equal_to
 
-from pipelines.common import LOCAL_RUNNER
+from pipelines.runners import LOCAL_RUNNER
 from tests.conftest import REGION, aws_client
 from tests.faultproxy import FaultPolicy, KinesisFaultProxy
 from transforms import kinesis
