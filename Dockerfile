@@ -1,15 +1,23 @@
-# One image for both roles:
-#  - launcher:   docker run IMAGE python -m pipelines.flowlogs --runner=FlinkRunner ...
-#  - SDK harness for a Flink cluster: --environment_type=DOCKER --sdk_container_image=IMAGE
-# Built on Beam's own Python SDK image, whose version must match the pinned apache-beam.
-FROM apache/beam_python3.11_sdk:2.62.0
+# One image, three uses:
+#  - SDK harness started by Flink:   --environment_type=DOCKER --environment_config=IMAGE
+#  - worker-pool sidecar beside each TaskManager (Kubernetes): container args ["--worker_pool"],
+#    pipelines then run with --environment_type=EXTERNAL --environment_config=localhost:50000
+#  - launcher:  docker run --entrypoint python IMAGE -m pipelines.flowlogs --runner=FlinkRunner ...
+# Built on Beam's own Python SDK image, whose version must be the apache-beam pinned in pyproject.toml
+# (tests/test_packaging.py checks both).
+ARG BEAM_VERSION=2.62.0
+FROM apache/beam_python3.11_sdk:${BEAM_VERSION}
+ARG BEAM_VERSION
 
 WORKDIR /opt/aws-gelf-pipelines
 COPY pyproject.toml README.md ./
 COPY pipelines ./pipelines
 COPY transforms ./transforms
 COPY run_configs ./run_configs
-RUN pip install --no-cache-dir . && python -c "import pipelines.flowlogs, pipelines.cloudwatch"
+# The image's Beam must stay the one it was built with: the install may add packages, never change it.
+RUN pip install --no-cache-dir . \
+    && python -c "from importlib.metadata import version as v; assert v('apache-beam') == '${BEAM_VERSION}', v('apache-beam')" \
+    && python -m pipelines.flowlogs --help > /dev/null
 
-# Beam's SDK image starts the harness (/opt/apache/beam/boot); keep that entrypoint so the image
-# works as a Flink SDK container, and run pipelines by naming the command.
+# The entrypoint stays Beam's /opt/apache/beam/boot, which runs the SDK harness or, with --worker_pool,
+# the worker pool.

@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 NODE_STAMP := tests/node/node_modules/.installed
 
-.PHONY: demo test lint venv node clean
+.PHONY: demo test lint venv node clean flink-jobserver flink-dist flink-fetch flink-up flink-down
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -24,13 +24,31 @@ node: $(NODE_STAMP)
 demo: $(STAMP)
 	$(PY) -m pipelines.flowlogs --runner=DirectRunner --demo
 
-test: $(STAMP) $(NODE_STAMP)
+# `make test SKIP_FLINK=1` leaves out the Flink tests (and the downloads they need).
+test: $(STAMP) $(NODE_STAMP) $(if $(SKIP_FLINK),,flink-fetch)
 	$(VENV)/bin/ruff check .
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q $(if $(SKIP_FLINK),-m "not flink")
+
+# Beam's Flink job server jar, built by Maven from Maven Central (cached in .cache/flink/).
+flink-jobserver: $(STAMP)
+	$(PY) -m flink.cluster jobserver
+
+# A Flink distribution matching the job server, from PyPI (cached in .cache/flink/).
+flink-dist: $(STAMP)
+	$(PY) -m flink.cluster dist
+
+flink-fetch: flink-jobserver flink-dist
+
+# A standalone Flink cluster on 127.0.0.1:8081 with a Beam worker pool on :50000 (README: Run on Flink).
+flink-up: flink-fetch
+	$(PY) -m flink.cluster start
+
+flink-down: $(STAMP)
+	$(PY) -m flink.cluster stop
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
 clean:
-	rm -rf $(VENV) tests/node/node_modules .pytest_cache
+	rm -rf $(VENV) tests/node/node_modules .pytest_cache .cache

@@ -6,6 +6,7 @@ Python worker pool beside the TaskManager (`--environment_type=EXTERNAL`). Pipel
 the Beam job server from that jar and points it at the cluster.
 
     python -m flink.cluster fetch    # job server jar (Maven) and Flink distribution (PyPI), cached
+                                     # (or each alone: `jobserver`, `dist`)
     python -m flink.cluster start    # JobManager, TaskManager, worker pool; prints the options to use
     python -m flink.cluster stop
 
@@ -320,15 +321,18 @@ class FlinkCluster:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m flink.cluster", description=__doc__.split("\n")[0])
-    parser.add_argument("command", choices=["fetch", "start", "stop", "status"])
+    parser.add_argument("command", choices=["fetch", "jobserver", "dist", "start", "stop", "status"])
     parser.add_argument("--rest-port", type=int, default=8081)
     parser.add_argument("--worker-pool-port", type=int, default=50000)
     args = parser.parse_args(argv)
     cluster = FlinkCluster(ClusterConfig(rest_port=args.rest_port, worker_pool_port=args.worker_pool_port))
-    if args.command == "fetch":
+    if args.command in ("fetch", "jobserver"):
         print(fetch_job_server())
+    if args.command in ("fetch", "dist"):
         print(fetch_flink())
-    elif args.command == "start":
+    if args.command in ("fetch", "jobserver", "dist"):
+        return 0
+    if args.command == "start":
         fetch_job_server()
         fetch_flink()
         cluster.start()

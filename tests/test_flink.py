@@ -7,22 +7,34 @@ Marked `flink`: `make test SKIP_FLINK=1` (or `pytest -m "not flink"`) leaves the
 from __future__ import annotations
 
 import json
+import os
 import signal
+import socket
+import subprocess
+import sys
 import time
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
 from flink.cluster import FLINK_MINOR, ClusterConfig, FlinkCluster, fetch_flink, fetch_job_server
 from pipelines.sample_data import create_flow_log_stream, deliver_through_cloudwatch, flow_log_lines
-from tests.conftest import CREDENTIALS, REGION, NodeReceiver, aws_client, free_port
-from tests.test_pipelines import LOG_GROUP, STREAM, pipeline_args, run_cli, start_cli
+from tests.conftest import CREDENTIALS, REGION, REPO, NodeReceiver, aws_client, free_port
+from tests.faultproxy import FaultPolicy, KinesisFaultProxy
+from tests.test_pipelines import LOG_GROUP, STREAM, pipeline_args
 from transforms.deadletter import read_dead_letters
 
 pytestmark = [pytest.mark.flink, pytest.mark.slow]
 
 MALFORMED = ["2 123456789012 eni-0bad cut short", "not a flow log"]
+
+
+def port_is_free(port: int) -> bool:
+    with socket.socket() as probe:
+        return probe.connect_ex(("127.0.0.1", port)) != 0
 
 
 @pytest.fixture(scope="session")
@@ -35,7 +47,7 @@ def flink_cluster(job_server_jar, tmp_path_factory):
     """A standalone cluster for the session, on free loopback ports; its workers get test credentials."""
     fetch_flink()
     config = ClusterConfig(
-        rest_port=free_port(),
+        rest_port=8081 if port_is_free(8081) else free_port(),  # Flink's usual UI port, if free
         rpc_port=free_port(),
         worker_pool_port=free_port(),
         workdir=tmp_path_factory.mktemp("flink"),
@@ -58,6 +70,43 @@ def gelf_tcp(tmp_path):
 def over_tcp(args: list[str]) -> list[str]:
     """The shared pipeline arguments, sending GELF over TCP: no datagram is lost on a busy machine."""
     return [a for a in args if not a.startswith("--gelf_protocol")] + ["--gelf_protocol=tcp"]
+
+
+@contextmanager
+def launched(args: list[str], env: dict) -> Iterator[subprocess.Popen]:
+    """The flow-logs command line in its own process group: whatever happens, the job server it
+    starts (a JVM) does not outlive the test."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "pipelines.flowlogs", *args],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        yield process
+    finally:
+        try:
+            os.killpg(process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        process.wait()
+        process.stdout.close()
+
+
+def run_flowlogs(args: list[str], env: dict, timeout: float = 300) -> tuple[int, str]:
+    with launched(args, env) as process:
+        output, _ = process.communicate(timeout=timeout)
+        return process.returncode, output
+
+
+def stop(process: subprocess.Popen, timeout: float = 60) -> tuple[int, str]:
+    """SIGTERM, as a service manager stops it; returns the exit status and output."""
+    process.send_signal(signal.SIGTERM)
+    output, _ = process.communicate(timeout=timeout)
+    return process.returncode, output
 
 
 def content(messages: list[dict]) -> Counter:
@@ -115,8 +164,8 @@ def test_cluster_delivers_the_same_messages_as_the_direct_runner(
         receiver = NodeReceiver(tmp_path, "tcp")
         try:
             args = over_tcp(pipeline_args(moto, receiver.port, tmp_path / f"dl-{runner}"))
-            done = run_cli("flowlogs", args + ["--stop_at_latest"] + extra, subprocess_env, timeout=300)
-            assert done.returncode == 0, done.stderr[-3000:]
+            status, output = run_flowlogs(args + ["--stop_at_latest"] + extra, subprocess_env)
+            assert status == 0, output[-3000:]
             received[runner] = receiver.wait_for(len(lines), timeout=15)
         finally:
             receiver.stop()
@@ -132,45 +181,53 @@ def test_cluster_delivers_the_same_messages_as_the_direct_runner(
     assert stage(job, "DecodeSubscription", "ToGelf", "WriteGelf")["parallelism"] == 2
 
 
-def test_streaming_job_picks_up_new_events_and_cancels_on_sigterm(
+def test_streaming_job_picks_up_new_events_polls_idle_shards_calmly_and_cancels_on_sigterm(
     moto, subprocess_env, flink_cluster, gelf_tcp, tmp_path
 ):
     kinesis = aws_client("kinesis", moto)
     logs = aws_client("logs", moto)
     create_flow_log_stream(kinesis, logs, STREAM, LOG_GROUP, shards=2)
     name = "streaming-cancel"
-    args = over_tcp(pipeline_args(moto, gelf_tcp.port, tmp_path / "dl"))
-    cli = start_cli(
-        "flowlogs",
-        args
-        + flink_cluster.pipeline_args(parallelism=2)
-        + [f"--job_name={name}", "--checkpointing_interval=2000"],
-        subprocess_env,
-    )
-    try:
+    flink = flink_cluster.pipeline_args(parallelism=2) + [
+        f"--job_name={name}",
+        "--checkpointing_interval=2000",
+    ]
+    with (
+        KinesisFaultProxy(moto, FaultPolicy()) as proxy,
+        launched(
+            over_tcp(pipeline_args(proxy.url, gelf_tcp.port, tmp_path / "dl")) + flink, subprocess_env
+        ) as cli,
+    ):
         job = wait_for_state(flink_cluster, name, {"RUNNING"}, timeout=120)
         assert stage(job, "ReadKinesis", "ReadShards")["parallelism"] == 2
         assert stage(job, "DecodeSubscription", "ToGelf")["parallelism"] == 2
-        time.sleep(3)  # the job reads both shards before anything is written
+
+        # Beam #20668: Flink may resume deferred work early. Idle shards must still be polled about
+        # once per --kinesis_idle_poll_seconds (1 s), not in a busy loop.
+        deadline = time.monotonic() + 60
+        while len(proxy.polls) < 2 and time.monotonic() < deadline:
+            time.sleep(0.5)
+        counted_from = {shard: len(times) for shard, times in proxy.polls.items()}
+        time.sleep(10)
+        idle_rates = {shard: (len(proxy.polls[shard]) - n) / 10 for shard, n in counted_from.items()}
+        print(f"\nidle GetRecords calls per second per shard: {idle_rates}")
+        assert len(idle_rates) == 2 and all(0.3 <= rate <= 1.5 for rate in idle_rates.values()), idle_rates
+
         lines = flow_log_lines(1_000)
         written = time.monotonic()
         deliver_through_cloudwatch(logs, LOG_GROUP, lines, batch_size=100)
         messages = gelf_tcp.wait_for(len(lines), timeout=60)
         latency = time.monotonic() - written
         assert len(messages) == len(lines), f"{len(messages)} of {len(lines)} arrived"
-        print(f"\n1,000 events written after submission arrived within {latency:.1f} s")
+        print(f"1,000 events written after submission arrived within {latency:.1f} s")
 
-        cli.send_signal(signal.SIGTERM)
         stopped = time.monotonic()
-        output, _ = cli.communicate(timeout=60)
+        status, output = stop(cli)
         print(f"SIGTERM to exit: {time.monotonic() - stopped:.1f} s")
-        assert cli.returncode == 0, output[-3000:]
-        job = wait_for_state(flink_cluster, name, {"CANCELED"}, timeout=30)
-        assert all(v["status"] == "CANCELED" for v in job["vertices"]), job["vertices"]
-    finally:
-        if cli.poll() is None:
-            cli.kill()
-            cli.wait()
+        assert status == 0, output[-3000:]
+    assert "CANCELED" in output, "the launcher waits until Flink has cancelled the job"
+    job = wait_for_state(flink_cluster, name, {"CANCELED"}, timeout=5)
+    assert all(v["status"] == "CANCELED" for v in job["vertices"]), job["vertices"]
 
 
 def test_embedded_flink_runs_the_flow_logs_pipeline(moto, subprocess_env, job_server_jar, gelf_tcp, tmp_path):
@@ -180,8 +237,7 @@ def test_embedded_flink_runs_the_flow_logs_pipeline(moto, subprocess_env, job_se
     lines = flow_log_lines(2_000)
     deliver_through_cloudwatch(logs, LOG_GROUP, lines, batch_size=250)
     args = over_tcp(pipeline_args(moto, gelf_tcp.port, tmp_path / "dl"))
-    done = run_cli(
-        "flowlogs",
+    status, output = run_flowlogs(
         args
         + [
             "--stop_at_latest",
@@ -192,22 +248,70 @@ def test_embedded_flink_runs_the_flow_logs_pipeline(moto, subprocess_env, job_se
             f"--flink_job_server_jar={job_server_jar}",
         ],
         subprocess_env,
-        timeout=300,
     )
-    assert done.returncode == 0, done.stderr[-3000:]
+    assert status == 0, output[-3000:]
     messages = gelf_tcp.wait_for(len(lines), timeout=15)
     assert len(messages) == len(lines)
     assert len({m["timestamp"] for m in messages}) == len(lines)
-    assert "flowlogs/events=2000" in done.stderr
+    assert "flowlogs/events=2000" in output
 
 
 def test_a_missing_job_server_jar_is_refused_at_start(moto, subprocess_env, tmp_path):
-    done = run_cli(
-        "flowlogs",
+    status, output = run_flowlogs(
         pipeline_args(moto, 12201, tmp_path / "dl")
         + ["--runner=FlinkRunner", f"--flink_job_server_jar={tmp_path / 'nope.jar'}"],
         subprocess_env,
         timeout=60,
     )
-    assert done.returncode == 2
-    assert "--flink_job_server_jar" in done.stderr and "make flink-jobserver" in done.stderr
+    assert status == 2
+    assert "--flink_job_server_jar" in output and "make flink-jobserver" in output
+
+
+def latest_checkpoint(cluster: FlinkCluster, name: str, after_ms: float, timeout: float = 60) -> dict:
+    """The newest completed checkpoint of a running job that was triggered after `after_ms`."""
+    jid = flink_job(cluster, name)["jid"]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        completed = cluster.rest(f"/jobs/{jid}/checkpoints")["latest"]["completed"]
+        if completed and completed["trigger_timestamp"] > after_ms:
+            return completed
+        time.sleep(0.5)
+    pytest.fail(f"no checkpoint of {name} completed after {after_ms}")
+
+
+def test_a_job_restarted_from_its_retained_checkpoint_resumes_where_it_stopped(
+    moto, subprocess_env, flink_cluster, gelf_tcp, tmp_path
+):
+    kinesis = aws_client("kinesis", moto)
+    logs = aws_client("logs", moto)
+    create_flow_log_stream(kinesis, logs, STREAM, LOG_GROUP, shards=2)
+    args = over_tcp(pipeline_args(moto, gelf_tcp.port, tmp_path / "dl")) + flink_cluster.pipeline_args(2)
+    checkpointing = [
+        "--checkpointing_interval=1000",
+        "--externalized_checkpoints_enabled",
+        "--retain_externalized_checkpoints_on_cancellation",
+    ]
+    before, after = flow_log_lines(600)[:300], flow_log_lines(600)[300:]
+
+    with launched(args + checkpointing + ["--job_name=restore-first"], subprocess_env) as first:
+        wait_for_state(flink_cluster, "restore-first", {"RUNNING"}, timeout=120)
+        deliver_through_cloudwatch(logs, LOG_GROUP, before, batch_size=100, log_stream="before")
+        assert len(gelf_tcp.wait_for(len(before), timeout=60)) == len(before)
+        checkpoint = latest_checkpoint(flink_cluster, "restore-first", after_ms=time.time() * 1000)
+        status, output = stop(first)
+        assert status == 0, output[-3000:]
+    assert wait_for_state(flink_cluster, "restore-first", {"CANCELED"})
+    assert Path(checkpoint["external_path"].removeprefix("file:")).is_dir(), checkpoint
+
+    deliver_through_cloudwatch(logs, LOG_GROUP, after, batch_size=100, log_stream="after")
+    restore = [f"--savepoint_path={checkpoint['external_path']}", "--job_name=restore-second"]
+    with launched(args + checkpointing + restore, subprocess_env) as second:
+        gelf_tcp.wait_for(len(before) + len(after), timeout=120)
+        time.sleep(5)  # anything read twice would arrive now
+        messages = gelf_tcp.messages()
+        assert stop(second)[0] == 0
+    by_stream = Counter(m["_aws_log_stream"] for m in messages)
+    print(f"\nrestored from {checkpoint['external_path']}: {dict(by_stream)}")
+    assert by_stream["after"] == len(after), "every event written while the job was down arrives"
+    assert by_stream["before"] == len(before), "events read before the checkpoint are not read again"
+    assert len({(m["_aws_log_stream"], m["timestamp"]) for m in messages}) == len(messages)

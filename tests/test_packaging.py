@@ -1,12 +1,22 @@
-"""The pinned Beam version is one and the same wherever it appears."""
+"""The pinned Beam version is one and the same wherever it appears: pyproject, the installed package,
+the Docker image, the Flink job server and the run configs."""
 
 from __future__ import annotations
 
 import re
 import tomllib
+import xml.etree.ElementTree as ET
 from importlib.metadata import version
 
+import yaml
+
+from flink.cluster import FLINK_MINOR, FLINK_VERSION, job_server_jar
 from tests.conftest import REPO
+
+DOCKER_INSTRUCTIONS = {
+    "ADD", "ARG", "CMD", "COPY", "ENTRYPOINT", "ENV", "EXPOSE", "FROM", "HEALTHCHECK", "LABEL",
+    "MAINTAINER", "ONBUILD", "RUN", "SHELL", "STOPSIGNAL", "USER", "VOLUME", "WORKDIR",
+}  # fmt: skip
 
 
 def pinned_beam() -> str:
@@ -16,17 +26,81 @@ def pinned_beam() -> str:
     return pins[0].split("==", 1)[1]
 
 
+def dockerfile_instructions() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) pairs, with continuation lines joined, as Docker's parser reads them."""
+    instructions: list[tuple[str, str]] = []
+    pending = ""
+    for line in (REPO / "Dockerfile").read_text().splitlines():
+        if not pending and (not line.strip() or line.lstrip().startswith("#")):
+            continue
+        pending += line.rstrip()
+        if pending.endswith("\\"):
+            pending = pending[:-1] + " "
+            continue
+        keyword, _, arguments = pending.strip().partition(" ")
+        instructions.append((keyword, arguments.strip()))
+        pending = ""
+    assert not pending, "the Dockerfile ends in a continuation line"
+    return instructions
+
+
 def test_beam_is_pinned_to_one_exact_version_and_installed_at_it():
     assert re.fullmatch(r"\d+\.\d+\.\d+", pinned_beam())
     assert version("apache-beam") == pinned_beam()
 
 
-def test_the_docker_image_builds_on_the_sdk_image_of_the_pinned_version():
-    dockerfile = (REPO / "Dockerfile").read_text()
-    bases = re.findall(r"^FROM\s+(\S+)", dockerfile, flags=re.MULTILINE)
+def test_the_dockerfile_is_well_formed_and_builds_on_the_sdk_image_of_the_pinned_version():
+    instructions = dockerfile_instructions()
+    unknown = [keyword for keyword, _ in instructions if keyword not in DOCKER_INSTRUCTIONS]
+    assert not unknown, f"not Dockerfile instructions: {unknown}"
+    first_from = next(i for i, (keyword, _) in enumerate(instructions) if keyword == "FROM")
+    assert all(keyword == "ARG" for keyword, _ in instructions[:first_from]), "only ARG may precede FROM"
+    args = dict(a.split("=", 1) for k, a in instructions[:first_from] if "=" in a)
+    bases = [re.sub(r"\$\{(\w+)\}", lambda m: args[m.group(1)], a) for k, a in instructions if k == "FROM"]
     assert bases == [f"apache/beam_python3.11_sdk:{pinned_beam()}"]
-    copied = re.findall(r"^COPY\s+(.+?)\s+\S+$", dockerfile, flags=re.MULTILINE)
-    for sources in copied:
-        for source in sources.split():
-            assert (REPO / source).exists(), f"Dockerfile copies {source}, which is not in the repository"
-    assert re.search(r"^RUN pip install --no-cache-dir \.", dockerfile, flags=re.MULTILINE)
+    # Beam's boot program must stay the entrypoint: it is what runs the harness and the worker pool.
+    assert "ENTRYPOINT" not in {keyword for keyword, _ in instructions}
+    for keyword, arguments in instructions:
+        if keyword == "COPY":
+            for source in arguments.split()[:-1]:
+                assert (REPO / source).exists(), f"Dockerfile copies {source}, not in the repository"
+    runs = [arguments for keyword, arguments in instructions if keyword == "RUN"]
+    assert any(run.startswith("pip install --no-cache-dir . ") for run in runs), runs
+    assert any("v('apache-beam') == '${BEAM_VERSION}'" in run for run in runs), "the install keeps Beam"
+
+
+def test_the_flink_job_server_is_built_for_the_pinned_beam_and_a_flink_it_supports():
+    from apache_beam.options.pipeline_options import FlinkRunnerOptions
+
+    pom = ET.parse(REPO / "flink" / "jobserver" / "pom.xml").getroot()
+    ns = {"m": "http://maven.apache.org/POM/4.0.0"}
+    assert pom.findtext("m:properties/m:beam.version", namespaces=ns) == pinned_beam()
+    assert pom.findtext("m:properties/m:flink.minor", namespaces=ns) == FLINK_MINOR
+    assert FLINK_MINOR in FlinkRunnerOptions.PUBLISHED_FLINK_VERSIONS
+    assert FLINK_VERSION.startswith(FLINK_MINOR + ".")
+    assert job_server_jar().name == f"beam-runners-flink-{FLINK_MINOR}-job-server-{pinned_beam()}.jar"
+
+
+def test_flink_run_configs_name_the_job_server_the_makefile_builds():
+    configs = sorted((REPO / "run_configs").glob("*-flink.yaml"))
+    assert configs
+    for config in configs:
+        options = yaml.safe_load(config.read_text())
+        assert options["runner"] == "FlinkRunner"
+        assert options["flink_version"] == FLINK_MINOR
+        assert options["flink_job_server_jar"] == f".cache/flink/{job_server_jar().name}"
+
+
+def test_the_kubernetes_example_runs_the_image_as_worker_pool_beside_flink_of_the_pinned_line():
+    documents = list(yaml.safe_load_all((REPO / "run_configs" / "k8s" / "flinkdeployment.yaml").read_text()))
+    deployment = next(d for d in documents if d["kind"] == "FlinkDeployment")
+    assert deployment["spec"]["flinkVersion"] == "v" + FLINK_MINOR.replace(".", "_")
+    assert deployment["spec"]["image"].startswith(f"flink:{FLINK_VERSION}")
+    sidecar = deployment["spec"]["taskManager"]["podTemplate"]["spec"]["containers"][0]
+    assert sidecar["args"] == ["--worker_pool"] and sidecar["ports"][0]["containerPort"] == 50000
+
+    launcher = next(d for d in documents if d["kind"] == "Job")["spec"]["template"]["spec"]["containers"][0]
+    assert launcher["image"] == sidecar["image"]
+    args = launcher["args"]
+    assert f"--flink_version={FLINK_MINOR}" in args
+    assert "--environment_type=EXTERNAL" in args and "--environment_config=localhost:50000" in args
