@@ -89,6 +89,10 @@ def flink_defaults(argv: Sequence[str], pipeline: str) -> list[str]:
     """The Flink options to add to `argv`: the reader's needs, and a job name to find the job by."""
     given = {arg.split("=", 1)[0] for arg in argv}
     added = [flag for flag in FLINK_DEFAULTS if flag.split("=", 1)[0] not in given]
+    if "--stop_at_latest" in given and "--shutdown_sources_after_idle_ms" not in given:
+        # With checkpointing on, Flink keeps the (idle) Impulse source alive for ever, so a job whose
+        # reader has finished would never end; this lets it end once everything was processed.
+        added.append("--shutdown_sources_after_idle_ms=1000")
     if "--job_name" not in given:
         added.append(f"--job_name={pipeline}-{datetime.now(UTC):%Y%m%d-%H%M%S}")
     return added

@@ -159,7 +159,9 @@ def test_cluster_delivers_the_same_messages_as_the_direct_runner(
     received = {}
     for runner, extra in {
         "direct": [],
-        "flink": flink_cluster.pipeline_args(parallelism=2) + ["--job_name=same-as-direct"],
+        # Checkpointing on, as in run_configs/flowlogs-flink.yaml: the bounded run must still end.
+        "flink": flink_cluster.pipeline_args(parallelism=2)
+        + ["--job_name=same-as-direct", "--checkpointing_interval=2000"],
     }.items():
         receiver = NodeReceiver(tmp_path, "tcp")
         try:
