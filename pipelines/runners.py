@@ -141,7 +141,8 @@ class Stopper:
         self.result = None
         self.options: PipelineOptions | None = None
         self.cancelled = False
-        self.finished = threading.Event()
+        self.cancelling: threading.Thread | None = None
+        self.final_state: str | None = None
 
     def install(self) -> None:
         signal.signal(signal.SIGTERM, self._on_signal)
@@ -164,15 +165,16 @@ class Stopper:
         _LOG.warning("Stopping: cancelling the job (signal again to exit at once).")
         self.cancelled = True
         # Not in the handler itself: the main thread is inside the runner's gRPC wait.
-        threading.Thread(target=self._cancel, name="cancel-job", daemon=True).start()
+        self.cancelling = threading.Thread(target=self._cancel, name="cancel-job", daemon=True)
+        self.cancelling.start()
 
     def _cancel(self) -> None:
         rest_url = flink_rest_url(self.options)
         if rest_url:
             job_name = self.options.get_all_options(retain_unknown_options=True).get("job_name")
             try:
-                state = cancel_flink_job(rest_url, job_name)
-                _LOG.info("Flink job %s: %s", job_name, state)
+                self.final_state = cancel_flink_job(rest_url, job_name)
+                _LOG.info("Flink job %s: %s", job_name, self.final_state)
             except (urllib.error.URLError, OSError, KeyError, ValueError) as error:
                 _LOG.warning("Could not cancel the job on Flink at %s: %s", rest_url, error)
         try:
@@ -187,8 +189,11 @@ class Stopper:
         except (RuntimeError, KeyboardInterrupt):
             if not self.cancelled:
                 raise
-        state = result.state
-        if self.cancelled and state not in (PipelineState.CANCELLED, PipelineState.DONE):
+        if self.cancelling is not None:
+            self.cancelling.join(timeout=60)
+        # Beam's job server reports a job cancelled on a remote cluster as FAILED; Flink knows better.
+        state = self.final_state or result.state
+        if self.cancelled and state not in (PipelineState.CANCELLED, PipelineState.DONE, "CANCELED"):
             _LOG.warning("The job was asked to cancel; its last known state is %s.", state)
         return state
 

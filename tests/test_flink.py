@@ -227,7 +227,7 @@ def test_streaming_job_picks_up_new_events_polls_idle_shards_calmly_and_cancels_
         status, output = stop(cli)
         print(f"SIGTERM to exit: {time.monotonic() - stopped:.1f} s")
         assert status == 0, output[-3000:]
-    assert "CANCELED" in output, "the launcher waits until Flink has cancelled the job"
+    assert "CANCELED" in output, f"the launcher waits until Flink has cancelled the job: {output[-3000:]}"
     job = wait_for_state(flink_cluster, name, {"CANCELED"}, timeout=5)
     assert all(v["status"] == "CANCELED" for v in job["vertices"]), job["vertices"]
 

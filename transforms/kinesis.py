@@ -110,15 +110,6 @@ class KinesisOptions(PipelineOptions):
             default=1.0,
             help="How often a caught-up shard is polled for new records.",
         )
-        group.add_argument(
-            "--kinesis_idle_hold_seconds",
-            type=float,
-            default=10.0,
-            help="How long one reader call keeps polling caught-up shards before handing its position "
-            "back to the runner. Every hand-back is a self-checkpoint that Beam 2.62's Flink runner keeps "
-            "in its checkpoint state (Beam issue #27648), so fewer hand-backs slow that growth; on Flink a "
-            "checkpoint may wait this long for the call in flight.",
-        )
 
 
 @dataclass(frozen=True)
@@ -131,7 +122,10 @@ class KinesisReadConfig:
     max_records: int = 10000
     max_polls_per_second: float = 5.0
     idle_poll_seconds: float = 1.0
-    idle_hold_seconds: float = 10.0
+    # How long one call may poll idle shards before handing its position back to the runner. Not
+    # longer: a runner serves the restrictions of one worker one call at a time, so a long call
+    # starves the other shards there (measured on Flink with 10 s).
+    max_process_seconds: float = 1.0
     # One restriction per shard lets a distributed runner spread shards over workers. A single local
     # worker serves restrictions one after another, so there one restriction polling every shard
     # keeps an idle poll from waiting behind the other shards' idle waits.
@@ -182,8 +176,6 @@ def kinesis_config_from_options(options: PipelineOptions, aws: AwsConfig) -> Kin
         )
     if k.kinesis_idle_poll_seconds < 0.2:
         raise ValueError("--kinesis_idle_poll_seconds must be at least 0.2.")
-    if not 0.5 <= k.kinesis_idle_hold_seconds <= 60:
-        raise ValueError("--kinesis_idle_hold_seconds must be between 0.5 and 60.")
     return KinesisReadConfig(
         stream=k.stream_name,
         aws=aws,
@@ -193,7 +185,6 @@ def kinesis_config_from_options(options: PipelineOptions, aws: AwsConfig) -> Kin
         max_records=k.kinesis_max_records,
         max_polls_per_second=k.kinesis_max_polls_per_second,
         idle_poll_seconds=k.kinesis_idle_poll_seconds,
-        idle_hold_seconds=k.kinesis_idle_hold_seconds,
     )
 
 
@@ -462,7 +453,7 @@ class _ReadShardsFn(beam.DoFn, KinesisRestrictionProvider):
     def _read(self, tracker, watermark):
         """Reads due shards until data was emitted, all is done, or the time slice is used up."""
         config = self._config
-        deadline = time.monotonic() + config.idle_hold_seconds
+        deadline = time.monotonic() + config.max_process_seconds
         while True:
             restriction: KinesisRestriction = tracker.current_restriction()
             if stop_requested() or not restriction.shards:
