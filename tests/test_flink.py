@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -281,8 +282,32 @@ def latest_checkpoint(cluster: FlinkCluster, name: str, after_ms: float, timeout
     pytest.fail(f"no checkpoint of {name} completed after {after_ms}")
 
 
-def test_a_job_restarted_from_its_retained_checkpoint_resumes_where_it_stopped(
-    moto, subprocess_env, flink_cluster, gelf_tcp, tmp_path
+def stop_with_savepoint(cluster: FlinkCluster, name: str, directory: Path, timeout: float = 60) -> str:
+    """Flink's "stop with savepoint" (what `flink stop --savepointPath` does); returns its location."""
+    jid = flink_job(cluster, name)["jid"]
+    body = json.dumps({"targetDirectory": directory.as_uri(), "drain": False}).encode()
+    request = urllib.request.Request(
+        f"{cluster.rest_url}/jobs/{jid}/stop",
+        data=body,
+        method="POST",
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        trigger = json.loads(response.read())["request-id"]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = cluster.rest(f"/jobs/{jid}/savepoints/{trigger}")
+        if status["status"]["id"] == "COMPLETED":
+            operation = status["operation"]
+            assert "location" in operation, operation
+            return operation["location"]
+        time.sleep(0.5)
+    pytest.fail(f"the savepoint of {name} did not complete in {timeout} s")
+
+
+@pytest.mark.parametrize("snapshot", ["retained checkpoint", "savepoint"])
+def test_a_job_restarted_from_its_snapshot_resumes_where_it_stopped(
+    snapshot, moto, subprocess_env, flink_cluster, gelf_tcp, tmp_path
 ):
     kinesis = aws_client("kinesis", moto)
     logs = aws_client("logs", moto)
@@ -294,26 +319,33 @@ def test_a_job_restarted_from_its_retained_checkpoint_resumes_where_it_stopped(
         "--retain_externalized_checkpoints_on_cancellation",
     ]
     before, after = flow_log_lines(600)[:300], flow_log_lines(600)[300:]
+    name = f"restore-from-{snapshot.replace(' ', '-')}"
 
-    with launched(args + checkpointing + ["--job_name=restore-first"], subprocess_env) as first:
-        wait_for_state(flink_cluster, "restore-first", {"RUNNING"}, timeout=120)
+    with launched(args + checkpointing + [f"--job_name={name}"], subprocess_env) as first:
+        wait_for_state(flink_cluster, name, {"RUNNING"}, timeout=120)
         deliver_through_cloudwatch(logs, LOG_GROUP, before, batch_size=100, log_stream="before")
         assert len(gelf_tcp.wait_for(len(before), timeout=60)) == len(before)
-        checkpoint = latest_checkpoint(flink_cluster, "restore-first", after_ms=time.time() * 1000)
-        status, output = stop(first)
-        assert status == 0, output[-3000:]
-    assert wait_for_state(flink_cluster, "restore-first", {"CANCELED"})
-    assert Path(checkpoint["external_path"].removeprefix("file:")).is_dir(), checkpoint
+        if snapshot == "savepoint":
+            path = stop_with_savepoint(flink_cluster, name, tmp_path / "savepoints")
+            assert first.wait(timeout=60) == 0, "the launcher ends cleanly with the stopped job"
+            ended = "FINISHED"
+        else:
+            path = latest_checkpoint(flink_cluster, name, after_ms=time.time() * 1000)["external_path"]
+            status, output = stop(first)
+            assert status == 0, output[-3000:]
+            ended = "CANCELED"
+    assert wait_for_state(flink_cluster, name, {ended})
+    assert Path(path.removeprefix("file:")).is_dir(), path
 
     deliver_through_cloudwatch(logs, LOG_GROUP, after, batch_size=100, log_stream="after")
-    restore = [f"--savepoint_path={checkpoint['external_path']}", "--job_name=restore-second"]
+    restore = [f"--savepoint_path={path}", f"--job_name={name}-restored"]
     with launched(args + checkpointing + restore, subprocess_env) as second:
         gelf_tcp.wait_for(len(before) + len(after), timeout=120)
         time.sleep(5)  # anything read twice would arrive now
         messages = gelf_tcp.messages()
         assert stop(second)[0] == 0
     by_stream = Counter(m["_aws_log_stream"] for m in messages)
-    print(f"\nrestored from {checkpoint['external_path']}: {dict(by_stream)}")
+    print(f"\nrestored from the {snapshot} {path}: {dict(by_stream)}")
     assert by_stream["after"] == len(after), "every event written while the job was down arrives"
-    assert by_stream["before"] == len(before), "events read before the checkpoint are not read again"
+    assert by_stream["before"] == len(before), "events read before the snapshot are not read again"
     assert len({(m["_aws_log_stream"], m["timestamp"]) for m in messages}) == len(messages)
