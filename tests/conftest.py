@@ -160,7 +160,10 @@ class NodeReceiver:
     def _lines(self, path: Path) -> list[dict]:
         if not path.exists():
             return []
-        return [json.loads(line) for line in path.read_text().splitlines() if line]
+        text = path.read_text()
+        # The receiver may be writing a large message right now: only whole lines are read.
+        complete = text[: text.rfind("\n") + 1]
+        return [json.loads(line) for line in complete.splitlines() if line]
 
     def messages(self) -> list[dict]:
         return self._lines(self.out)
