@@ -188,8 +188,7 @@ def run_kinesis_pipeline(
     argv = expand_config(argv)
     options = PipelineOptions(argv)
     if runner_name(options).lower() == "flinkrunner":
-        argv = argv + flink_defaults(argv, name)
-        options = PipelineOptions(argv)
+        options = PipelineOptions(argv + flink_defaults(argv, name))
     if options.view_as(RunOptions).demo:
         if demo is None:
             raise ConfigError(f"pipelines.{name} has no --demo.")
