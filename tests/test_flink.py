@@ -349,3 +349,57 @@ def test_a_job_restarted_from_its_snapshot_resumes_where_it_stopped(
     assert by_stream["after"] == len(after), "every event written while the job was down arrives"
     assert by_stream["before"] == len(before), "events read before the snapshot are not read again"
     assert len({(m["_aws_log_stream"], m["timestamp"]) for m in messages}) == len(messages)
+
+
+def body_of(message, timestamp) -> str:
+    return message.body
+
+
+def test_sqs_messages_are_deleted_only_once_flink_has_checkpointed_their_bundle(
+    moto, flink_cluster, tmp_path
+):
+    """Bundle finalization on Flink runs at checkpoint completion (Beam #19525/#19526: streaming only):
+    the reader's deletes follow the bundles that emitted the messages, so the queue empties."""
+    import apache_beam as beam
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from pipelines.runners import cancel_flink_job
+    from tests.test_sqs import AppendToFile, make_queue, queue_counts, read_config, send
+    from transforms.sqs import ReadFromSqs
+
+    sqs = aws_client("sqs", moto)
+    queue = make_queue(sqs, visibility_timeout=120)
+    bodies = [f"message-{i}" for i in range(30)]
+    send(sqs, queue, bodies)
+    sink = tmp_path / "seen.txt"
+    name = "sqs-finalization"
+    options = PipelineOptions(
+        flink_cluster.pipeline_args(parallelism=2)
+        + [
+            "--streaming",
+            f"--job_name={name}",
+            "--checkpointing_interval=1000",
+            "--finish_bundle_before_checkpointing",
+        ]
+    )
+    pipeline = beam.Pipeline(options=options)
+    (
+        pipeline
+        | ReadFromSqs(read_config(moto, queue, stop_when_idle=None, readers=2))
+        | beam.ParDo(AppendToFile(sink, body_of))
+    )
+    result = pipeline.run()
+    try:
+        deadline = time.monotonic() + 120
+        counts = queue_counts(sqs, queue)
+        while time.monotonic() < deadline:
+            counts = queue_counts(sqs, queue)
+            if counts == (0, 0) and len(sink.read_text().splitlines() if sink.exists() else []) >= 30:
+                break
+            time.sleep(0.5)
+        seen = sink.read_text().splitlines() if sink.exists() else []
+        assert sorted(seen) == sorted(bodies), f"each message processed once: {len(seen)} lines"
+        assert counts == (0, 0), f"every message deleted after its bundle: (visible, in flight) = {counts}"
+    finally:
+        cancel_flink_job(flink_cluster.rest_url, name)
+        result.cancel()
