@@ -17,6 +17,7 @@ from transforms.sqs import (
     Finish,
     Poll,
     ReadFromSqs,
+    RetryLater,
     SqsPollTracker,
     SqsReadConfig,
     SqsRestriction,
@@ -323,3 +324,60 @@ def test_a_stop_request_ends_a_streaming_reader_after_its_messages_were_deleted(
 
     assert sorted(lines_of(seen)) == sorted(bodies)
     assert queue_counts(client, url) == (0, 0)
+
+
+# --- handlers: the reader emits what a handler makes of each message ----------------------------
+
+
+class WriteLine(beam.DoFn):
+    def __init__(self, path):
+        self._path = str(path)
+
+    def process(self, line):
+        with open(self._path, "a") as out:
+            out.write(f"{line}\n")
+
+
+def shout(message):
+    """A handler that turns one message into two outputs."""
+    yield message.body.upper()
+    yield f"{message.body}:{message.receive_count}"
+
+
+def refuse_bad_once(message):
+    """A handler that cannot use 'bad' on its first delivery and dead-letters it on the second."""
+    if message.body == "bad":
+        if message.receive_count < 2:
+            raise RetryLater("the object is not readable yet", delay=1)
+        yield "dead-letter:bad"
+        return
+    yield message.body
+
+
+def run_with_handler(config: SqsReadConfig, handler, sink) -> beam.runners.runner.PipelineResult:
+    pipeline = beam.Pipeline(options=PipelineOptions([f"--runner={LOCAL_RUNNER}", "--streaming"]))
+    pipeline | ReadFromSqs(config, handler) | beam.ParDo(WriteLine(sink))
+    result = pipeline.run()
+    result.wait_until_finish()
+    return result
+
+
+def test_a_handler_output_replaces_the_message_and_the_message_is_deleted(moto, tmp_path):
+    client = aws_client("sqs", moto)
+    queue = make_queue(client)
+    send(client, queue, ["a", "b", "c"])
+    run_with_handler(read_config(moto, queue), shout, tmp_path / "out")
+    assert sorted(lines_of(tmp_path / "out")) == ["A", "B", "C", "a:1", "b:1", "c:1"]
+    assert queue_counts(client, queue) == (0, 0)
+
+
+def test_a_message_the_handler_retries_stays_queued_then_comes_back_with_a_higher_receive_count(
+    moto, tmp_path
+):
+    client = aws_client("sqs", moto)
+    queue = make_queue(client, visibility_timeout=30)
+    send(client, queue, ["good-1", "bad", "good-2"])
+    result = run_with_handler(read_config(moto, queue, stop_when_idle=4), refuse_bad_once, tmp_path / "out")
+    assert sorted(lines_of(tmp_path / "out")) == ["dead-letter:bad", "good-1", "good-2"]
+    assert counter(result, "messages_retried") == 1
+    assert queue_counts(client, queue) == (0, 0), "the retried message was deleted once it was handled"

@@ -11,8 +11,11 @@ The restriction is tiny (is the reader done, since when has the queue been empty
 what is unread, so a reader has no position to checkpoint. Several readers (`readers`) poll the same
 queue in parallel; SQS hands each message to one of them at a time.
 
-Reading S3 objects is not done here; `extend_visibility` lets that reader keep a message hidden while a
-large object is processed.
+Reading S3 objects is not done here, but it can be plugged in: with a `handler`, the reader hands each
+message to it and emits what it yields instead of the message. A handler that raises `RetryLater` leaves
+its message in the queue (hidden for the given delay) instead of having it deleted, so one bad object is
+retried without failing the bundle, and the handler can dead-letter it once `receive_count` is high
+enough. `extend_visibility` lets a handler keep a message hidden while a large object is processed.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import NamedTuple
 
@@ -29,6 +32,7 @@ import apache_beam as beam
 from apache_beam.io.iobase import RestrictionProgress, RestrictionTracker
 from apache_beam.io.watermark_estimators import ManualWatermarkEstimator
 from apache_beam.metrics import Metrics
+from apache_beam.pvalue import TaggedOutput
 from apache_beam.transforms.core import RestrictionProvider
 from apache_beam.transforms.window import TimestampedValue
 from apache_beam.utils.timestamp import Timestamp
@@ -69,6 +73,15 @@ class SqsReadConfig:
     visibility_timeout: int | None = None  # None: the queue's own
     stop_when_idle: float | None = None  # bounded mode: finish once the queue gave nothing this long
     readers: int = 1  # parallel polling readers
+
+
+class RetryLater(Exception):  # noqa: N818 - a request to the reader, not an error of it
+    """Raised by a handler: keep this message (do not delete it) and let it come back after `delay`."""
+
+    def __init__(self, reason: str, delay: int = 30):
+        super().__init__(reason)
+        self.reason = reason
+        self.delay = delay
 
 
 class SqsMessage(NamedTuple):
@@ -309,8 +322,10 @@ class SqsRestrictionProvider(RestrictionProvider):
 class _PollQueueFn(beam.DoFn, SqsRestrictionProvider):
     """One polling reader (one element of `range(readers)`); its own restriction provider."""
 
-    def __init__(self, config: SqsReadConfig):
+    def __init__(self, config: SqsReadConfig, handler: Callable[[SqsMessage], Iterable] | None = None):
         self._config = config
+        self._handler = handler
+        self._retries = Metrics.counter(NAMESPACE, "messages_retried")
         self._receive_calls = Metrics.counter(NAMESPACE, "receive_calls")
         self._received = Metrics.counter(NAMESPACE, "messages_received")
         self._deleted = Metrics.counter(NAMESPACE, "messages_deleted")
@@ -350,10 +365,11 @@ class _PollQueueFn(beam.DoFn, SqsRestrictionProvider):
         if not tracker.try_claim(Poll(idle_since=None if messages else restriction.idle_since or now)):
             return  # checkpointed meanwhile: the messages come back after their visibility timeout
         if messages:
-            handles = [m.receipt_handle for m in messages]
+            handles: list[str] = []
+            # Registered before handling, run after the bundle: by then `handles` holds what was handled.
             finalizer.register(lambda: self._delete(handles))
             for message in messages:
-                yield TimestampedValue(message, Timestamp.of(message.sent_timestamp))
+                yield from self._handle(message, handles)
         else:
             # Nothing waits unread (an in-flight message of a failed bundle may still come back late).
             self._advance_watermark(watermark, now)
@@ -361,6 +377,36 @@ class _PollQueueFn(beam.DoFn, SqsRestrictionProvider):
                 time.sleep(EMPTY_POLL_SLEEP_SECONDS)
         # Hand back to the runner: the bundle completes, the finalizer deletes, then the next poll.
         tracker.defer_remainder()
+
+    def _handle(self, message: SqsMessage, handles: list[str]) -> Iterator:
+        """Emits the message (or what the handler makes of it); marks it for deletion unless retried."""
+        timestamp = Timestamp.of(message.sent_timestamp)
+        if self._handler is None:
+            handles.append(message.receipt_handle)
+            yield TimestampedValue(message, timestamp)
+            return
+        try:
+            for output in self._handler(message):
+                yield (
+                    output
+                    if isinstance(output, TimestampedValue | TaggedOutput)
+                    else TimestampedValue(output, timestamp)
+                )
+        except RetryLater as retry:
+            self._retries.inc()
+            _LOG.warning(
+                "SQS message %s (received %d times) left for redelivery in %d s: %s",
+                message.message_id,
+                message.receive_count,
+                retry.delay,
+                retry.reason,
+            )
+            try:
+                extend_visibility(self._client, message.queue_url, message.receipt_handle, retry.delay)
+            except ClientError as error:  # it comes back after its current visibility timeout instead
+                _LOG.warning("SQS message %s: could not set its visibility: %s", message.message_id, error)
+            return
+        handles.append(message.receipt_handle)
 
     def _receive(self) -> list[SqsMessage]:
         config = self._config
@@ -421,16 +467,18 @@ class _PollQueueFn(beam.DoFn, SqsRestrictionProvider):
 
 
 class ReadFromSqs(beam.PTransform):
-    """Emits each message of the queue as an `SqsMessage` timestamped with its SentTimestamp; deletes it
-    once the bundle that emitted it (and the steps fused downstream) completed."""
+    """Emits each message of the queue as an `SqsMessage` timestamped with its SentTimestamp (or, with a
+    `handler`, what the handler yields for it); deletes it once the bundle that emitted it (and the steps
+    fused downstream) completed, unless the handler raised `RetryLater`."""
 
-    def __init__(self, config: SqsReadConfig):
+    def __init__(self, config: SqsReadConfig, handler: Callable[[SqsMessage], Iterable] | None = None):
         super().__init__()
         self._config = config
+        self._handler = handler
 
     def expand(self, pbegin):
-        return (
-            pbegin
-            | "Readers" >> beam.Create(list(range(self._config.readers)))
-            | "PollQueue" >> beam.ParDo(_PollQueueFn(self._config)).with_output_types(SqsMessage)
+        readers = pbegin | "Readers" >> beam.Create(list(range(self._config.readers)))
+        poll = beam.ParDo(_PollQueueFn(self._config, self._handler))
+        return readers | "PollQueue" >> (
+            poll.with_output_types(SqsMessage) if self._handler is None else poll
         )
