@@ -25,7 +25,7 @@ from apache_beam.options.pipeline_options import (
 )
 from apache_beam.runners.runner import PipelineState
 
-from transforms import kinesis
+from transforms import stopping
 
 _LOG = logging.getLogger("pipelines")
 
@@ -154,11 +154,11 @@ class Stopper:
             self.result, self.options = result, options
 
     def _on_signal(self, signum, frame) -> None:
-        if kinesis.stop_requested():
+        if stopping.stop_requested():
             _LOG.warning("Second signal: exiting now.")
             signal.signal(signum, signal.SIG_DFL)
             raise KeyboardInterrupt
-        kinesis.request_stop()
+        stopping.request_stop()
         if self.result is None:
             _LOG.warning("Stopping: finishing the current reads (signal again to exit at once).")
             return

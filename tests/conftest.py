@@ -29,11 +29,11 @@ def free_port(kind: int = socket.SOCK_STREAM) -> int:
 @pytest.fixture(autouse=True)
 def no_stop_request():
     """A stop requested by one test (shutdown of the Kinesis reader) must not leak into the next."""
-    from transforms import kinesis
+    from transforms import stopping
 
-    kinesis._STOP.clear()
+    stopping.clear_stop()
     yield
-    kinesis._STOP.clear()
+    stopping.clear_stop()
 
 
 @pytest.fixture(scope="session")

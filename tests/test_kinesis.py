@@ -14,7 +14,7 @@ from apache_beam.testing.util import assert_that, equal_to
 from pipelines.runners import LOCAL_RUNNER
 from tests.conftest import REGION, aws_client
 from tests.faultproxy import FaultPolicy, KinesisFaultProxy
-from transforms import kinesis
+from transforms import stopping
 from transforms.aws import AwsConfig
 from transforms.kinesis import (
     Advance,
@@ -255,7 +255,7 @@ def test_latest_reads_only_new_records_live_and_stops_on_request(moto, tmp_path,
             put(client, "s", [f"after-{i}"])
             wait_for(lambda i=i: f"after-{i}" in lines_of(path))
             latencies.append(time.monotonic() - written)
-        kinesis.request_stop()
+        stopping.request_stop()
 
     started = time.monotonic()
     out = collect_while_running(config, tmp_path / "out", writer)
@@ -274,7 +274,7 @@ def test_idle_stream_is_not_busy_polled(moto, tmp_path):
 
         def idle(path):
             time.sleep(4)
-            kinesis.request_stop()
+            stopping.request_stop()
 
         cpu = time.process_time()
         collect_while_running(config, tmp_path / "out", idle)

@@ -16,7 +16,7 @@ from tests.test_kinesis import (
     run_reader,
     wait_for,
 )
-from transforms import kinesis
+from transforms import stopping
 
 
 def active(client, stream: str) -> None:
@@ -85,7 +85,7 @@ def test_a_split_during_a_live_run_loses_and_duplicates_nothing(kinesalite, tmp_
         put(client, "s", second, keys=64)
         wait_for(lambda: len(lines_of(path)) >= len(first) + len(second))
         time.sleep(1.0)  # anything duplicated would arrive now
-        kinesis.request_stop()
+        stopping.request_stop()
 
     out = collect_while_running(config, tmp_path / "out", during)
     assert sorted(out) == sorted(first + second)

@@ -11,7 +11,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipelines.runners import LOCAL_RUNNER
 from tests.conftest import REGION, aws_client
-from transforms import kinesis
+from transforms import stopping
 from transforms.aws import AwsConfig
 from transforms.sqs import (
     Finish,
@@ -315,7 +315,7 @@ def test_a_stop_request_ends_a_streaming_reader_after_its_messages_were_deleted(
         deadline = time.monotonic() + 60
         while len(lines_of(seen)) < len(bodies) and time.monotonic() < deadline:
             time.sleep(0.05)
-        kinesis.request_stop()
+        stopping.request_stop()
 
     stopper = threading.Thread(target=stop_once_all_seen, daemon=True)
     stopper.start()

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import random
-import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
@@ -33,6 +32,7 @@ from botocore.exceptions import ClientError, ConnectionError, HTTPClientError
 
 from transforms.aws import AwsConfig
 from transforms.elements import KinesisRecord
+from transforms.stopping import stop_requested
 
 _LOG = logging.getLogger(__name__)
 
@@ -48,19 +48,6 @@ THROTTLING_ERRORS = frozenset(
     }
 )
 MAX_BACKOFF_SECONDS = 30.0
-
-# Set by a SIGTERM/SIGINT handler: every restriction then finishes, so the runner ends cleanly.
-# Shutdown control only; what is read never depends on it.
-_STOP = threading.Event()
-
-
-def request_stop() -> None:
-    """Make every running `ReadFromKinesis` in this process finish its restrictions."""
-    _STOP.set()
-
-
-def stop_requested() -> bool:
-    return _STOP.is_set()
 
 
 class KinesisOptions(PipelineOptions):

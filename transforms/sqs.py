@@ -39,7 +39,7 @@ from apache_beam.utils.timestamp import Timestamp
 from botocore.exceptions import ClientError, ConnectionError, HTTPClientError
 
 from transforms.aws import AwsConfig
-from transforms.kinesis import stop_requested
+from transforms.stopping import stop_requested
 
 _LOG = logging.getLogger(__name__)
 
