@@ -89,11 +89,11 @@ def main() -> int:
             *args.extra.split(),
         ]
         cli = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        while not any(j["name"] == "bench-checkpoints" for j in cluster.rest("/jobs/overview")["jobs"]):
+        jid = None
+        while jid is None:
+            jobs = cluster.rest("/jobs/overview")["jobs"]
+            jid = next((j["jid"] for j in jobs if j["name"] == "bench-checkpoints"), None)
             time.sleep(0.5)
-        jid = next(
-            j["jid"] for j in cluster.rest("/jobs/overview")["jobs"] if j["name"] == "bench-checkpoints"
-        )
         if args.rate:
             threading.Thread(target=feed, args=(logs, args.rate, stop), daemon=True).start()
         started = time.monotonic()

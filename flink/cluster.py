@@ -27,10 +27,11 @@ import tarfile
 import tempfile
 import time
 import urllib.error
-import urllib.request
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+
+from pipelines.runners import flink_rest
 
 REPO = Path(__file__).resolve().parent.parent
 CACHE = Path(os.environ.get("FLINK_CACHE_DIR", REPO / ".cache" / "flink"))
@@ -94,9 +95,8 @@ def fetch_flink(log=print) -> Path:
     downloads.mkdir(parents=True, exist_ok=True)
     log(f"Fetching Flink {FLINK_VERSION} from PyPI (apache-flink, apache-flink-libraries)…")
     for package in ("apache-flink", "apache-flink-libraries"):
-        if not list(downloads.glob(f"{package.replace('-', '_')}-{FLINK_VERSION}*")) and not list(
-            downloads.glob(f"{package}-{FLINK_VERSION}*")
-        ):
+        # A wheel's name has `_` where the sdist's has `-`.
+        if not list(downloads.glob(f"{package.replace('-', '?')}-{FLINK_VERSION}*")):
             subprocess.run(
                 [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps"]
                 + ["--dest", str(downloads), f"{package}=={FLINK_VERSION}"],
@@ -304,10 +304,7 @@ class FlinkCluster:
             pid_file.unlink()
 
     def rest(self, path: str, method: str = "GET") -> dict:
-        request = urllib.request.Request(f"{self.rest_url}{path}", method=method)
-        with urllib.request.urlopen(request, timeout=5) as response:
-            body = response.read()
-        return json.loads(body) if body else {}
+        return flink_rest(self.rest_url, path, method)
 
     def overview(self) -> dict | None:
         try:

@@ -20,6 +20,7 @@ from pathlib import Path
 from apache_beam.options.pipeline_options import (
     DirectOptions,
     FlinkRunnerOptions,
+    GoogleCloudOptions,
     PipelineOptions,
     StandardOptions,
 )
@@ -106,6 +107,14 @@ def flink_rest_url(options: PipelineOptions) -> str | None:
     return master if "://" in master else f"http://{master}"
 
 
+def flink_rest(rest_url: str, path: str, method: str = "GET") -> dict:
+    """One call to Flink's REST API; its JSON answer ({} when empty)."""
+    request = urllib.request.Request(f"{rest_url}{path}", method=method)
+    with urllib.request.urlopen(request, timeout=5) as response:
+        body = response.read()
+    return json.loads(body) if body else {}
+
+
 def cancel_flink_job(rest_url: str, job_name: str, timeout: float = 30.0) -> str | None:
     """Cancels the job named `job_name` through Flink's REST API and waits until Flink has ended it.
 
@@ -113,10 +122,7 @@ def cancel_flink_job(rest_url: str, job_name: str, timeout: float = 30.0) -> str
     cluster, so the cluster is asked directly. Returns the job's final state."""
 
     def call(path: str, method: str = "GET") -> dict:
-        request = urllib.request.Request(f"{rest_url}{path}", method=method)
-        with urllib.request.urlopen(request, timeout=5) as response:
-            body = response.read()
-        return json.loads(body) if body else {}
+        return flink_rest(rest_url, path, method)
 
     jobs = [j for j in call("/jobs/overview")["jobs"] if j["name"] == job_name]
     active = [j for j in jobs if j["state"] in FLINK_ACTIVE_STATES]
@@ -171,7 +177,7 @@ class Stopper:
     def _cancel(self) -> None:
         rest_url = flink_rest_url(self.options)
         if rest_url:
-            job_name = self.options.get_all_options(retain_unknown_options=True).get("job_name")
+            job_name = self.options.view_as(GoogleCloudOptions).job_name
             try:
                 self.final_state = cancel_flink_job(rest_url, job_name)
                 _LOG.info("Flink job %s: %s", job_name, self.final_state)
