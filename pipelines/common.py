@@ -11,7 +11,7 @@ import difflib
 import logging
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import apache_beam as beam
@@ -173,28 +173,39 @@ def build_kinesis_to_gelf(pipeline, name: str, read_config, to_gelf, gelf_config
     undeliverable | "DeadLettersGelf" >> WriteDeadLetters(dead_letter_path, name)
 
 
-def run_kinesis_pipeline(
+@dataclass(frozen=True)
+class Plan:
+    """A validated pipeline, ready to build: `build` adds its steps, `summary` says what it reads."""
+
+    build: Callable[[beam.Pipeline], None]
+    summary: str
+
+
+def run_cli(
     name: str,
     description: str,
     argv: list[str],
     option_classes: Sequence[type[PipelineOptions]],
-    make_to_gelf: Callable[[PipelineOptions, str | None], object],
+    plan: Callable[[PipelineOptions, bool], Plan],
     demo: Callable[[list[str], Callable[[list[str]], int]], int] | None = None,
+    needs_checkpoints: bool = False,
 ) -> int:
-    """The command line of a Kinesis → GELF pipeline: parse, validate, run, report."""
+    """A pipeline's command line: parse, validate (`plan` raises ValueError naming the option), run,
+    report. `plan(options, local)` is told whether the run is local (one worker)."""
     if "-h" in argv or "--help" in argv:
         print_help(f"python -m pipelines.{name}", description, option_classes)
         return 0
     argv = expand_config(argv)
     options = PipelineOptions(argv)
     if runner_name(options).lower() == "flinkrunner":
-        options = PipelineOptions(argv + flink_defaults(argv, name))
+        options = PipelineOptions(argv + flink_defaults(argv, name, needs_checkpoints))
     if options.view_as(RunOptions).demo:
         if demo is None:
             raise ConfigError(f"pipelines.{name} has no --demo.")
         rest = [a for a in argv if a != "--demo"]
         return demo(
-            rest, lambda args: run_kinesis_pipeline(name, description, args, option_classes, make_to_gelf)
+            rest,
+            lambda args: run_cli(name, description, args, option_classes, plan, None, needs_checkpoints),
         )
 
     parser = argparse.ArgumentParser(add_help=False)
@@ -205,6 +216,35 @@ def run_kinesis_pipeline(
     try:
         local = prepare_runner(options)
         check_unknown_options(argv, ours, local)
+        planned = plan(options, local)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+
+    stopper = Stopper()
+    stopper.install()
+    _LOG.info("%s: %s", name, planned.summary)
+    pipeline = beam.Pipeline(options=options)
+    planned.build(pipeline)
+    result = pipeline.run()
+    stopper.attach(result, options, local)
+    state = stopper.wait(result)
+    totals = counters(result)
+    summary = ", ".join(f"{k}={v}" for k, v in sorted(totals.items()) if v and not k.startswith("beam/"))
+    _LOG.info("%s finished (%s): %s", name, state, summary or "no counters")
+    return 0
+
+
+def run_kinesis_pipeline(
+    name: str,
+    description: str,
+    argv: list[str],
+    option_classes: Sequence[type[PipelineOptions]],
+    make_to_gelf: Callable[[PipelineOptions, str | None], object],
+    demo: Callable[[list[str], Callable[[list[str]], int]], int] | None = None,
+) -> int:
+    """The command line of a Kinesis → GELF pipeline."""
+
+    def plan(options: PipelineOptions, local: bool) -> Plan:
         if not options.view_as(kinesis.KinesisOptions).stream_name:
             kinesis_config_from_options(options, None)  # says how to name a stream, or try the demo
         aws = aws_config_from_options(options)
@@ -213,28 +253,13 @@ def run_kinesis_pipeline(
         dead_letter_path = dead_letter_path_from_options(options)
         to_gelf = make_to_gelf(options, read_config.stream)
         kinesis.check_stream(read_config)
-    except ValueError as error:
-        raise ConfigError(str(error)) from None
+        return Plan(
+            build=lambda pipeline: build_kinesis_to_gelf(
+                pipeline, name, read_config, to_gelf, gelf_config, dead_letter_path
+            ),
+            summary=f"reading {read_config.stream} ({aws.region}, {read_config.initial_position}) → "
+            f"GELF {gelf_config.protocol} {gelf_config.host}:{gelf_config.port}; "
+            f"dead letters in {dead_letter_path}",
+        )
 
-    stopper = Stopper()
-    stopper.install()
-    _LOG.info(
-        "%s: reading %s (%s, %s) → GELF %s %s:%s; dead letters in %s",
-        name,
-        read_config.stream,
-        aws.region,
-        read_config.initial_position,
-        gelf_config.protocol,
-        gelf_config.host,
-        gelf_config.port,
-        dead_letter_path,
-    )
-    pipeline = beam.Pipeline(options=options)
-    build_kinesis_to_gelf(pipeline, name, read_config, to_gelf, gelf_config, dead_letter_path)
-    result = pipeline.run()
-    stopper.attach(result, options, local)
-    state = stopper.wait(result)
-    totals = counters(result)
-    summary = ", ".join(f"{k}={v}" for k, v in sorted(totals.items()) if v and not k.startswith("beam/"))
-    _LOG.info("%s finished (%s): %s", name, state, summary or "no counters")
-    return 0
+    return run_cli(name, description, argv, option_classes, plan, demo)

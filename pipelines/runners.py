@@ -86,14 +86,25 @@ def check_flink_options(options: PipelineOptions) -> None:
         )
 
 
-def flink_defaults(argv: Sequence[str], pipeline: str) -> list[str]:
-    """The Flink options to add to `argv`: the reader's needs, and a job name to find the job by."""
+#: Checkpoint interval added for pipelines that act at checkpoints (SQS deletes) when none is given.
+DEFAULT_CHECKPOINTING_MS = 10000
+#: Options that make a run end by itself.
+BOUNDED_FLAGS = frozenset({"--stop_at_latest", "--stop_when_idle", "--s3_prefix"})
+
+
+def flink_defaults(argv: Sequence[str], pipeline: str, needs_checkpoints: bool = False) -> list[str]:
+    """The Flink options to add to `argv`: the readers' needs, and a job name to find the job by.
+
+    `needs_checkpoints`: the pipeline acknowledges its input at checkpoints (SQS messages are deleted
+    by bundle finalizers, which Flink runs only when a checkpoint completes), so checkpointing is on."""
     given = {arg.split("=", 1)[0] for arg in argv}
     added = [flag for flag in FLINK_DEFAULTS if flag.split("=", 1)[0] not in given]
-    if "--stop_at_latest" in given and "--shutdown_sources_after_idle_ms" not in given:
+    if given & BOUNDED_FLAGS and "--shutdown_sources_after_idle_ms" not in given:
         # With checkpointing on, Flink keeps the (idle) Impulse source alive for ever, so a job whose
         # reader has finished would never end; this lets it end once everything was processed.
         added.append("--shutdown_sources_after_idle_ms=1000")
+    if needs_checkpoints and "--checkpointing_interval" not in given:
+        added.append(f"--checkpointing_interval={DEFAULT_CHECKPOINTING_MS}")
     if "--job_name" not in given:
         added.append(f"--job_name={pipeline}-{datetime.now(UTC):%Y%m%d-%H%M%S}")
     return added

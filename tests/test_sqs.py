@@ -14,10 +14,10 @@ from tests.conftest import REGION, aws_client
 from transforms import stopping
 from transforms.aws import AwsConfig
 from transforms.sqs import (
+    BundleDeleter,
     Finish,
     Poll,
     ReadFromSqs,
-    RetryLater,
     SqsPollTracker,
     SqsReadConfig,
     SqsRestriction,
@@ -153,7 +153,7 @@ def test_tracker_refuses_to_end_unfinished_and_ends_on_finish():
         ({"max_messages": 0}, "--sqs_max_messages"),
         ({"wait_seconds": 21}, "--sqs_wait_seconds"),
         ({"visibility_timeout": -1}, "--sqs_visibility_timeout"),
-        ({"stop_when_idle": 0}, "--sqs_stop_when_idle"),
+        ({"stop_when_idle": 0}, "--stop_when_idle"),
         ({"readers": 0}, "--sqs_readers"),
     ],
 )
@@ -326,58 +326,40 @@ def test_a_stop_request_ends_a_streaming_reader_after_its_messages_were_deleted(
     assert queue_counts(client, url) == (0, 0)
 
 
-# --- handlers: the reader emits what a handler makes of each message ----------------------------
+# --- deletion by a later step -------------------------------------------------------------------
 
 
-class WriteLine(beam.DoFn):
-    def __init__(self, path):
+class DeleteAfterBundle(beam.DoFn):
+    """A later step that ends each message's processing: records it, then deletes it after its bundle."""
+
+    def __init__(self, config: SqsReadConfig, path):
+        self._config = config
         self._path = str(path)
+        self._deleter = BundleDeleter()
 
-    def process(self, line):
+    def setup(self):
+        self._client = self._config.aws.client("sqs")
+
+    def process(self, message, finalizer=beam.DoFn.BundleFinalizerParam):
         with open(self._path, "a") as out:
-            out.write(f"{line}\n")
+            out.write(message.body + "\n")
+        self._deleter.delete_after_bundle(
+            finalizer, self._client, message.queue_url, [message.receipt_handle]
+        )
 
 
-def shout(message):
-    """A handler that turns one message into two outputs."""
-    yield message.body.upper()
-    yield f"{message.body}:{message.receive_count}"
-
-
-def refuse_bad_once(message):
-    """A handler that cannot use 'bad' on its first delivery and dead-letters it on the second."""
-    if message.body == "bad":
-        if message.receive_count < 2:
-            raise RetryLater("the object is not readable yet", delay=1)
-        yield "dead-letter:bad"
-        return
-    yield message.body
-
-
-def run_with_handler(config: SqsReadConfig, handler, sink) -> beam.runners.runner.PipelineResult:
+def test_with_delete_off_a_later_step_deletes_and_the_bounded_reader_waits_for_it(moto, tmp_path):
+    client = aws_client("sqs", moto)
+    url = make_queue(client, visibility_timeout=30)
+    bodies = [f"object-{i}" for i in range(25)]
+    send(client, url, bodies)
+    seen = tmp_path / "seen"
+    config = read_config(moto, url, stop_when_idle=1)
     pipeline = beam.Pipeline(options=PipelineOptions([f"--runner={LOCAL_RUNNER}", "--streaming"]))
-    pipeline | ReadFromSqs(config, handler) | beam.ParDo(WriteLine(sink))
+    pipeline | ReadFromSqs(config, delete=False) | beam.ParDo(DeleteAfterBundle(config, seen))
     result = pipeline.run()
     result.wait_until_finish()
-    return result
 
-
-def test_a_handler_output_replaces_the_message_and_the_message_is_deleted(moto, tmp_path):
-    client = aws_client("sqs", moto)
-    queue = make_queue(client)
-    send(client, queue, ["a", "b", "c"])
-    run_with_handler(read_config(moto, queue), shout, tmp_path / "out")
-    assert sorted(lines_of(tmp_path / "out")) == ["A", "B", "C", "a:1", "b:1", "c:1"]
-    assert queue_counts(client, queue) == (0, 0)
-
-
-def test_a_message_the_handler_retries_stays_queued_then_comes_back_with_a_higher_receive_count(
-    moto, tmp_path
-):
-    client = aws_client("sqs", moto)
-    queue = make_queue(client, visibility_timeout=30)
-    send(client, queue, ["good-1", "bad", "good-2"])
-    result = run_with_handler(read_config(moto, queue, stop_when_idle=4), refuse_bad_once, tmp_path / "out")
-    assert sorted(lines_of(tmp_path / "out")) == ["dead-letter:bad", "good-1", "good-2"]
-    assert counter(result, "messages_retried") == 1
-    assert queue_counts(client, queue) == (0, 0), "the retried message was deleted once it was handled"
+    assert sorted(lines_of(seen)) == sorted(bodies), "each message handled once"
+    assert queue_counts(client, url) == (0, 0)
+    assert counter(result, "messages_deleted") == 25, "the later step's deletions are counted too"

@@ -131,7 +131,7 @@ def aws_config_from_options(options: PipelineOptions) -> AwsConfig:
     )
     if not region:
         raise ValueError(
-            "--region is required: the AWS region of the Kinesis stream, e.g. --region=eu-west-1 "
+            "--region is required: the AWS region of the stream or queue to read, e.g. --region=eu-west-1 "
             "(or set AWS_REGION)."
         )
     if bool(aws.aws_access_key_id) != bool(aws.aws_secret_access_key):

@@ -47,8 +47,8 @@ class DeadLetterOptions(PipelineOptions):
             "--dead_letter_path",
             default=DEFAULT_DEAD_LETTER_PATH,
             help=(
-                "Directory receiving the Avro files of rejected input (raw bytes, reason, Kinesis "
-                "coordinates): a local path or s3://bucket/prefix (S3 uses Beam's --s3_* options). "
+                "Directory receiving the Avro files of rejected input (raw bytes, reason, where it "
+                "came from: Kinesis coordinates or S3 object and SQS message): a local path or s3://bucket/prefix (S3 uses Beam's --s3_* options). "
                 f"Default: {DEFAULT_DEAD_LETTER_PATH!r}, relative to the working directory. On a "
                 "cluster use storage every worker can reach, such as s3://, or the files end up "
                 "scattered over the workers' local disks."
@@ -74,6 +74,8 @@ DEAD_LETTER_SCHEMA: dict[str, Any] = {
         {"name": "shard_id", **_optional("string")},
         {"name": "sequence_number", **_optional("string")},
         {"name": "partition_key", **_optional("string")},
+        {"name": "s3_uri", **_optional("string")},
+        {"name": "sqs_message_id", **_optional("string")},
         {"name": "log_group", **_optional("string")},
         {"name": "log_stream", **_optional("string")},
         {"name": "event_id", **_optional("string")},
@@ -96,6 +98,8 @@ def dead_letter_record(dead_letter: DeadLetter, pipeline: str) -> dict[str, Any]
         "shard_id": source.shard_id,
         "sequence_number": source.sequence_number,
         "partition_key": source.partition_key,
+        "s3_uri": source.s3_uri,
+        "sqs_message_id": source.sqs_message_id,
         "log_group": dead_letter.log_group,
         "log_stream": dead_letter.log_stream,
         "event_id": dead_letter.event_id,
@@ -257,6 +261,8 @@ _WHERE_KEYS = (
     "shard_id",
     "sequence_number",
     "partition_key",
+    "s3_uri",
+    "sqs_message_id",
     "log_group",
     "log_stream",
     "event_id",

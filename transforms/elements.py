@@ -34,6 +34,8 @@ class SourceCoordinates:
     shard_id: str | None = None
     sequence_number: str | None = None
     partition_key: str | None = None
+    s3_uri: str | None = None  # s3://bucket/key of the object the input came from
+    sqs_message_id: str | None = None  # the SQS notification that announced it
 
     @classmethod
     def of(cls, record: KinesisRecord) -> SourceCoordinates:

@@ -11,11 +11,9 @@ The restriction is tiny (is the reader done, since when has the queue been empty
 what is unread, so a reader has no position to checkpoint. Several readers (`readers`) poll the same
 queue in parallel; SQS hands each message to one of them at a time.
 
-Reading S3 objects is not done here, but it can be plugged in: with a `handler`, the reader hands each
-message to it and emits what it yields instead of the message. A handler that raises `RetryLater` leaves
-its message in the queue (hidden for the given delay) instead of having it deleted, so one bad object is
-retried without failing the bundle, and the handler can dead-letter it once `receive_count` is high
-enough. `extend_visibility` lets a handler keep a message hidden while a large object is processed.
+With `delete=False` the reader leaves deletion to a later step that ends each message's processing
+(reading the S3 objects it names): that step deletes through its own `BundleDeleter`, so a message
+is deleted only once everything it led to was delivered, even behind a Reshuffle.
 """
 
 from __future__ import annotations
@@ -24,7 +22,7 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import NamedTuple
 
@@ -32,7 +30,6 @@ import apache_beam as beam
 from apache_beam.io.iobase import RestrictionProgress, RestrictionTracker
 from apache_beam.io.watermark_estimators import ManualWatermarkEstimator
 from apache_beam.metrics import Metrics
-from apache_beam.pvalue import TaggedOutput
 from apache_beam.transforms.core import RestrictionProvider
 from apache_beam.transforms.window import TimestampedValue
 from apache_beam.utils.timestamp import Timestamp
@@ -58,6 +55,9 @@ MAX_WAIT_PER_CALL_SECONDS = 1
 #: With short polling (`wait_seconds=0`) an empty queue would be polled in a busy loop: the local runner
 #: resumes deferred work at once, ignoring resume delays. The reader sleeps this long instead.
 EMPTY_POLL_SLEEP_SECONDS = 0.5
+#: A bounded reader waits for in-flight messages (deletes pending, retries due) at most this long
+#: past `stop_when_idle`: a message another consumer holds must not keep it running for ever.
+MAX_IN_FLIGHT_WAIT_SECONDS = 300
 THROTTLING_ERRORS = frozenset(
     {"ThrottlingException", "RequestThrottled", "OverLimit", "ServiceUnavailable", "InternalError"}
 )
@@ -75,15 +75,6 @@ class SqsReadConfig:
     readers: int = 1  # parallel polling readers
 
 
-class RetryLater(Exception):  # noqa: N818 - a request to the reader, not an error of it
-    """Raised by a handler: keep this message (do not delete it) and let it come back after `delay`."""
-
-    def __init__(self, reason: str, delay: int = 30):
-        super().__init__(reason)
-        self.reason = reason
-        self.delay = delay
-
-
 class SqsMessage(NamedTuple):
     queue_url: str
     message_id: str
@@ -91,6 +82,7 @@ class SqsMessage(NamedTuple):
     body: str
     receive_count: int  # ApproximateReceiveCount: 1 on first delivery, more after a failure
     sent_timestamp: float  # epoch seconds
+    received_at: float = 0.0  # epoch seconds of the ReceiveMessage call: its visibility runs from then
 
 
 # --- configuration -------------------------------------------------------------------------------
@@ -128,7 +120,7 @@ def sqs_config_from_values(
             "or left out to use the queue's own."
         )
     if stop_when_idle is not None and stop_when_idle <= 0:
-        raise ValueError("--sqs_stop_when_idle must be a number of seconds above 0, or left out to stream.")
+        raise ValueError("--stop_when_idle must be a number of seconds above 0, or left out to stream.")
     if readers < 1:
         raise ValueError("--sqs_readers must be at least 1.")
     return SqsReadConfig(
@@ -205,7 +197,7 @@ def delete_messages(client, queue_url: str, receipt_handles: Sequence[str]) -> D
     return DeleteResult(deleted, failed)
 
 
-def message_of(queue_url: str, raw: dict) -> SqsMessage:
+def message_of(queue_url: str, raw: dict, received_at: float = 0.0) -> SqsMessage:
     attributes = raw.get("Attributes", {})
     return SqsMessage(
         queue_url=queue_url,
@@ -214,15 +206,17 @@ def message_of(queue_url: str, raw: dict) -> SqsMessage:
         body=raw.get("Body", ""),
         receive_count=int(attributes.get("ApproximateReceiveCount", 1)),
         sent_timestamp=int(attributes.get("SentTimestamp", 0)) / 1000.0,
+        received_at=received_at,
     )
 
 
 class _DeletionTally:
-    """Deletion results waiting to be counted, per queue, for every reader in this worker process.
+    """Deletion results waiting to be counted, per queue, for every DoFn of this worker process.
 
     A bundle finalizer runs after the runner has collected the bundle's metrics (and the SDK resets
     them right after), so a counter incremented there is lost. The finalizer records its results here
-    instead, and the next `process` call of a reader of that queue adds them to the counters."""
+    instead, and the next `process` call of a DoFn of that queue adds them to the counters. Only
+    metrics depend on it: deletion itself never does."""
 
     def __init__(self):
         self._lock = threading.Lock()
@@ -239,6 +233,44 @@ class _DeletionTally:
 
 
 _DELETIONS = _DeletionTally()
+
+
+class BundleDeleter:
+    """Deletes messages once the bundle that handled them has completed, from a bundle finalizer.
+
+    Used by any DoFn that ends a message's processing (the reader itself, or the step that read the
+    objects a message names): the runner calls the finalizer only after the bundle, with every step
+    fused into it, has completed; on Flink only once the checkpoint holding it completed. A failed
+    bundle deletes nothing. `count` adds the finalizers' results to the `sqs` counters."""
+
+    def __init__(self):
+        self._deleted = Metrics.counter(NAMESPACE, "messages_deleted")
+        self._delete_failures = Metrics.counter(NAMESPACE, "delete_failures")
+
+    def delete_after_bundle(self, finalizer, client, queue_url: str, receipt_handles: list[str]) -> None:
+        """Registers the deletion of `receipt_handles` (the list may still grow during this bundle)."""
+        finalizer.register(lambda: self._delete(client, queue_url, receipt_handles))
+
+    @staticmethod
+    def _delete(client, queue_url: str, receipt_handles: list[str]) -> None:
+        if not receipt_handles:
+            return
+        result = delete_messages(client, queue_url, receipt_handles)
+        _DELETIONS.add(queue_url, result)
+        if result.failed:
+            _LOG.warning(
+                "SQS %s: %d messages not deleted; they come back after their visibility timeout",
+                queue_url,
+                result.failed,
+            )
+
+    def count(self, queue_url: str) -> None:
+        """Counts what finalizers of this process deleted from `queue_url` since the last call."""
+        result = _DELETIONS.take(queue_url)
+        if result.deleted:
+            self._deleted.inc(result.deleted)
+        if result.failed:
+            self._delete_failures.inc(result.failed)
 
 
 # --- restriction ----------------------------------------------------------------------------------
@@ -322,14 +354,12 @@ class SqsRestrictionProvider(RestrictionProvider):
 class _PollQueueFn(beam.DoFn, SqsRestrictionProvider):
     """One polling reader (one element of `range(readers)`); its own restriction provider."""
 
-    def __init__(self, config: SqsReadConfig, handler: Callable[[SqsMessage], Iterable] | None = None):
+    def __init__(self, config: SqsReadConfig, delete: bool = True):
         self._config = config
-        self._handler = handler
-        self._retries = Metrics.counter(NAMESPACE, "messages_retried")
+        self._delete = delete
         self._receive_calls = Metrics.counter(NAMESPACE, "receive_calls")
         self._received = Metrics.counter(NAMESPACE, "messages_received")
-        self._deleted = Metrics.counter(NAMESPACE, "messages_deleted")
-        self._delete_failures = Metrics.counter(NAMESPACE, "delete_failures")
+        self._deleter = BundleDeleter()
 
     def setup(self):
         wait = self._call_wait_seconds()
@@ -351,13 +381,17 @@ class _PollQueueFn(beam.DoFn, SqsRestrictionProvider):
     ):
         """One ReceiveMessage call; its messages are emitted, and deleted once the bundle completes."""
         config = self._config
-        self._count_deletions()
+        self._deleter.count(config.queue_url)
         restriction: SqsRestriction = tracker.current_restriction()
         now = time.time()
         if stop_requested() or (
             config.stop_when_idle is not None
             and restriction.idle_since is not None
             and now - restriction.idle_since >= config.stop_when_idle
+            and (
+                now - restriction.idle_since >= config.stop_when_idle + MAX_IN_FLIGHT_WAIT_SECONDS
+                or self._nothing_in_flight()
+            )
         ):
             tracker.try_claim(Finish())
             return
@@ -365,11 +399,11 @@ class _PollQueueFn(beam.DoFn, SqsRestrictionProvider):
         if not tracker.try_claim(Poll(idle_since=None if messages else restriction.idle_since or now)):
             return  # checkpointed meanwhile: the messages come back after their visibility timeout
         if messages:
-            handles: list[str] = []
-            # Registered before handling, run after the bundle: by then `handles` holds what was handled.
-            finalizer.register(lambda: self._delete(handles))
+            if self._delete:
+                handles = [message.receipt_handle for message in messages]
+                self._deleter.delete_after_bundle(finalizer, self._client, config.queue_url, handles)
             for message in messages:
-                yield from self._handle(message, handles)
+                yield TimestampedValue(message, Timestamp.of(message.sent_timestamp))
         else:
             # Nothing waits unread (an in-flight message of a failed bundle may still come back late).
             self._advance_watermark(watermark, now)
@@ -378,35 +412,21 @@ class _PollQueueFn(beam.DoFn, SqsRestrictionProvider):
         # Hand back to the runner: the bundle completes, the finalizer deletes, then the next poll.
         tracker.defer_remainder()
 
-    def _handle(self, message: SqsMessage, handles: list[str]) -> Iterator:
-        """Emits the message (or what the handler makes of it); marks it for deletion unless retried."""
-        timestamp = Timestamp.of(message.sent_timestamp)
-        if self._handler is None:
-            handles.append(message.receipt_handle)
-            yield TimestampedValue(message, timestamp)
-            return
+    def _nothing_in_flight(self) -> bool:
+        """A bounded reader ends only once no message it received is still in flight: on Flink the
+        deletes wait for a checkpoint, and the job must not finish before them. SQS itself is asked
+        (ApproximateNumberOfMessagesNotVisible), since the step that deletes may run elsewhere."""
         try:
-            for output in self._handler(message):
-                yield (
-                    output
-                    if isinstance(output, TimestampedValue | TaggedOutput)
-                    else TimestampedValue(output, timestamp)
-                )
-        except RetryLater as retry:
-            self._retries.inc()
-            _LOG.warning(
-                "SQS message %s (received %d times) left for redelivery in %d s: %s",
-                message.message_id,
-                message.receive_count,
-                retry.delay,
-                retry.reason,
-            )
-            try:
-                extend_visibility(self._client, message.queue_url, message.receipt_handle, retry.delay)
-            except ClientError as error:  # it comes back after its current visibility timeout instead
-                _LOG.warning("SQS message %s: could not set its visibility: %s", message.message_id, error)
-            return
-        handles.append(message.receipt_handle)
+            attributes = self._client.get_queue_attributes(
+                QueueUrl=self._config.queue_url, AttributeNames=["ApproximateNumberOfMessagesNotVisible"]
+            )["Attributes"]
+        except (ClientError, ConnectionError, HTTPClientError) as error:
+            _LOG.warning("SQS %s: cannot count in-flight messages (%s)", self._config.queue_url, error)
+            return True
+        in_flight = int(attributes.get("ApproximateNumberOfMessagesNotVisible", 0))
+        if in_flight:
+            _LOG.info("SQS %s: idle, waiting for %d in-flight messages", self._config.queue_url, in_flight)
+        return in_flight == 0
 
     def _receive(self) -> list[SqsMessage]:
         config = self._config
@@ -432,32 +452,14 @@ class _PollQueueFn(beam.DoFn, SqsRestrictionProvider):
             self._pause_after(type(error).__name__)
             return []
         self._receive_calls.inc()
-        messages = [message_of(config.queue_url, raw) for raw in response.get("Messages", [])]
+        now = time.time()
+        messages = [message_of(config.queue_url, raw, now) for raw in response.get("Messages", [])]
         self._received.inc(len(messages))
         return messages
 
     def _pause_after(self, reason: str) -> None:
         _LOG.warning("SQS %s: ReceiveMessage failed (%s), retrying in 1s", self._config.queue_url, reason)
         time.sleep(1.0)
-
-    def _delete(self, receipt_handles: list[str]) -> None:
-        """The bundle finalizer: runs once the bundle that emitted these messages has completed."""
-        result = delete_messages(self._client, self._config.queue_url, receipt_handles)
-        _DELETIONS.add(self._config.queue_url, result)
-        if result.failed:
-            _LOG.warning(
-                "SQS %s: %d messages not deleted; they come back after their visibility timeout",
-                self._config.queue_url,
-                result.failed,
-            )
-
-    def _count_deletions(self) -> None:
-        """Counts what finalizers deleted since the last call (they cannot count it themselves)."""
-        result = _DELETIONS.take(self._config.queue_url)
-        if result.deleted:
-            self._deleted.inc(result.deleted)
-        if result.failed:
-            self._delete_failures.inc(result.failed)
 
     @staticmethod
     def _advance_watermark(estimator, now: float) -> None:
@@ -467,18 +469,17 @@ class _PollQueueFn(beam.DoFn, SqsRestrictionProvider):
 
 
 class ReadFromSqs(beam.PTransform):
-    """Emits each message of the queue as an `SqsMessage` timestamped with its SentTimestamp (or, with a
-    `handler`, what the handler yields for it); deletes it once the bundle that emitted it (and the steps
-    fused downstream) completed, unless the handler raised `RetryLater`."""
+    """Emits each message of the queue as an `SqsMessage` timestamped with its SentTimestamp; deletes it
+    once the bundle that emitted it (and the steps fused downstream) completed. With `delete=False`,
+    a later step deletes it (see `BundleDeleter`)."""
 
-    def __init__(self, config: SqsReadConfig, handler: Callable[[SqsMessage], Iterable] | None = None):
+    def __init__(self, config: SqsReadConfig, delete: bool = True):
         super().__init__()
         self._config = config
-        self._handler = handler
+        self._delete = delete
 
     def expand(self, pbegin):
         readers = pbegin | "Readers" >> beam.Create(list(range(self._config.readers)))
-        poll = beam.ParDo(_PollQueueFn(self._config, self._handler))
-        return readers | "PollQueue" >> (
-            poll.with_output_types(SqsMessage) if self._handler is None else poll
-        )
+        return readers | "PollQueue" >> beam.ParDo(
+            _PollQueueFn(self._config, self._delete)
+        ).with_output_types(SqsMessage)

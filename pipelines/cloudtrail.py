@@ -1,0 +1,180 @@
+"""CloudTrail log files from S3, announced on SQS (or listed for a backfill), to Graylog over GELF.
+
+    python -m pipelines.cloudtrail --runner=DirectRunner --sqs_queue_url=URL --region=R \
+        --gelf_host=graylog --gelf_port=12201 [--stop_when_idle=60]
+    python -m pipelines.cloudtrail --region=R --gelf_host=graylog \
+        --s3_prefix=s3://bucket/AWSLogs/123456789012/CloudTrail/eu-west-1/ \
+        --s3_start_time=2026-11-01 --s3_end_time=2026-11-02
+
+The queue may receive CloudTrail's SNS notifications, S3 event notifications (direct or through SNS) or
+EventBridge "Object Created" events. Each message is deleted once every record of every file it names
+was delivered to Graylog; on Flink that happens when a checkpoint completes, so checkpointing is on.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import replace
+
+import apache_beam as beam
+from apache_beam.options.pipeline_options import FlinkRunnerOptions
+from botocore.exceptions import BotoCoreError, ClientError
+
+from pipelines.common import Plan, RunOptions, main_with_errors, run_cli
+from pipelines.runners import runner_name
+from transforms.aws import AwsConfig, AwsOptions, aws_config_from_options
+from transforms.cloudtrail import DEFAULT_SOURCE
+from transforms.deadletter import DeadLetterOptions, WriteDeadLetters, dead_letter_path_from_options
+from transforms.elements import DEAD_LETTER
+from transforms.gelf import GelfOptions, WriteToGelf, gelf_config_from_options
+from transforms.s3_listing import ListS3Objects, backfill_range_from_values
+from transforms.s3_notifications import KeyFilter
+from transforms.sqs import resolve_queue_url, sqs_config_from_values
+from transforms.sqs_s3 import (
+    CloudTrailFormat,
+    ObjectSettings,
+    ReadS3NotificationsFromSqs,
+    ReadS3Objects,
+    S3Work,
+    SqsS3Options,
+)
+
+NAME = "cloudtrail"
+DESCRIPTION = "CloudTrail log files from S3 (announced on SQS, or an S3 backfill) to Graylog GELF."
+OPTIONS = (RunOptions, AwsOptions, SqsS3Options, GelfOptions, DeadLetterOptions)
+
+
+def _backfill_work(obj) -> S3Work:
+    return S3Work(message=None, objects=(obj,))
+
+
+def check_queue(aws: AwsConfig, name_or_url: str) -> str:
+    """The queue's URL, once it is known to exist and be readable; else a clear error."""
+    client = aws.client("sqs", retries={"mode": "standard", "total_max_attempts": 2})
+    url = resolve_queue_url(client, name_or_url)
+    try:
+        client.get_queue_attributes(QueueUrl=url, AttributeNames=["VisibilityTimeout"])
+    except ClientError as error:
+        code = error.response.get("Error", {}).get("Code", "")
+        raise ValueError(
+            f"--sqs_queue_url={name_or_url}: the queue cannot be read ({code}); check the URL, --region "
+            "and the permissions sqs:ReceiveMessage, sqs:DeleteMessage, sqs:ChangeMessageVisibility, "
+            "sqs:GetQueueAttributes."
+        ) from None
+    except BotoCoreError as error:
+        raise ValueError(f"--sqs_queue_url={name_or_url}: cannot reach SQS ({error}).") from None
+    return url
+
+
+def check_bucket(aws: AwsConfig, bucket: str, prefix_option: str) -> None:
+    """The backfill's bucket exists and can be listed; else a clear error at start."""
+    client = aws.client("s3", retries={"mode": "standard", "total_max_attempts": 2})
+    try:
+        client.list_objects_v2(Bucket=bucket, MaxKeys=1)
+    except ClientError as error:
+        code = error.response.get("Error", {}).get("Code", "")
+        raise ValueError(
+            f"--s3_prefix={prefix_option}: the bucket cannot be listed ({code}); check the bucket name, "
+            "--region and the permissions s3:ListBucket and s3:GetObject."
+        ) from None
+    except BotoCoreError as error:
+        raise ValueError(f"--s3_prefix={prefix_option}: cannot reach S3 ({error}).") from None
+
+
+def check_checkpointing(options, settings: ObjectSettings) -> None:
+    """On Flink messages are deleted when a checkpoint completes: that must come before they reappear."""
+    if runner_name(options).lower() != "flinkrunner":
+        return
+    interval = options.view_as(FlinkRunnerOptions).checkpointing_interval
+    if interval is None or interval <= 0:
+        raise ValueError(
+            "--checkpointing_interval must be set on Flink (e.g. 10000): SQS messages are deleted when a "
+            "checkpoint completes, so without checkpoints none would ever be deleted."
+        )
+    if interval / 1000 * 2 > settings.visibility_timeout:
+        raise ValueError(
+            f"--sqs_visibility_timeout={settings.visibility_timeout} s is too short for "
+            f"--checkpointing_interval={interval} ms: messages are deleted at checkpoints and would "
+            "reappear first. Make the visibility timeout at least twice the interval."
+        )
+
+
+def plan(options, local: bool) -> Plan:
+    sqs = options.view_as(SqsS3Options)
+    aws = aws_config_from_options(options)
+    gelf_config = gelf_config_from_options(options)
+    dead_letter_path = dead_letter_path_from_options(options)
+    key_filter = KeyFilter.from_options(sqs.s3_key_include, sqs.s3_key_exclude)
+    record_format = CloudTrailFormat(options.view_as(GelfOptions).gelf_source or DEFAULT_SOURCE)
+    settings = ObjectSettings(
+        visibility_timeout=sqs.sqs_visibility_timeout,
+        max_processing_seconds=sqs.sqs_max_processing_seconds,
+        retry_delay=sqs.sqs_retry_delay_seconds,
+        max_receive_count=sqs.max_receive_count,
+    )
+    gelf = f"GELF {gelf_config.protocol} {gelf_config.host}:{gelf_config.port}"
+    target = f"{gelf}; dead letters in {dead_letter_path}"
+
+    if sqs.s3_prefix:
+        if sqs.sqs_queue_url:
+            raise ValueError(
+                "--s3_prefix (a backfill of existing files) and --sqs_queue_url (new files as they are "
+                "announced) exclude each other: give one of them."
+            )
+        backfill = backfill_range_from_values(sqs.s3_prefix, sqs.s3_start_time, sqs.s3_end_time)
+        check_bucket(aws, backfill.bucket, sqs.s3_prefix)
+
+        def read(pipeline):
+            objects = pipeline | "ListS3" >> ListS3Objects(backfill, aws, key_filter)
+            return objects | "ToWork" >> beam.Map(_backfill_work)
+
+        summary = f"backfill of {sqs.s3_prefix} ({aws.region}) → {target}"
+    else:
+        if sqs.s3_start_time or sqs.s3_end_time:
+            raise ValueError("--s3_start_time and --s3_end_time select files of a backfill: add --s3_prefix.")
+        if not sqs.sqs_queue_url:
+            raise ValueError(
+                "--sqs_queue_url is required: the URL or name of the queue receiving the CloudTrail or S3 "
+                "notifications (or --s3_prefix=s3://bucket/prefix to read existing files; or try --demo)."
+            )
+        read_config = sqs_config_from_values(
+            sqs.sqs_queue_url,
+            aws,
+            max_messages=sqs.sqs_max_messages,
+            wait_seconds=sqs.sqs_wait_seconds,
+            visibility_timeout=settings.visibility_timeout,
+            stop_when_idle=sqs.stop_when_idle,
+            readers=sqs.sqs_readers,
+        )
+        check_checkpointing(options, settings)
+        read_config = replace(read_config, queue_url=check_queue(aws, read_config.queue_url))
+
+        def read(pipeline):
+            return pipeline | "ReadNotifications" >> ReadS3NotificationsFromSqs(
+                read_config, key_filter, spread=not local
+            )
+
+        summary = f"reading notifications from {read_config.queue_url} ({aws.region}) → {target}"
+
+    def build(pipeline) -> None:
+        work = read(pipeline)
+        outputs = work | "ReadObjects" >> ReadS3Objects(aws, record_format, settings)
+        undeliverable = outputs.gelf | "WriteGelf" >> WriteToGelf(gelf_config, NAME)
+        outputs[DEAD_LETTER] | "DeadLettersObjects" >> WriteDeadLetters(dead_letter_path, NAME)
+        undeliverable | "DeadLettersGelf" >> WriteDeadLetters(dead_letter_path, NAME)
+
+    return Plan(build=build, summary=summary)
+
+
+def demo(argv: list[str], run_pipeline) -> int:
+    from pipelines.demo import run_cloudtrail_demo
+
+    return run_cloudtrail_demo(argv, run_pipeline)
+
+
+def run(argv: list[str]) -> int:
+    return run_cli(NAME, DESCRIPTION, argv, OPTIONS, plan, demo=demo, needs_checkpoints=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main_with_errors(run))
