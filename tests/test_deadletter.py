@@ -84,6 +84,8 @@ def test_every_field_survives_the_round_trip(tmp_path):
         "shard_id": "shardId-000000000001",
         "sequence_number": "49590338271490256608559692538361571095921575989136588898",
         "partition_key": "pk-7",
+        "s3_uri": None,
+        "sqs_message_id": None,
         "log_group": "/vpc/flow",
         "log_stream": "eni-1-all",
         "event_id": "36936507442150588624318098345281930829312306440440872960",
