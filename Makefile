@@ -23,6 +23,7 @@ node: $(NODE_STAMP)
 
 demo: $(STAMP)
 	$(PY) -m pipelines.flowlogs --runner=DirectRunner --demo
+	$(PY) -m pipelines.cloudtrail --runner=DirectRunner --demo
 
 # `make test SKIP_FLINK=1` leaves out the Flink tests (and the downloads they need).
 test: $(STAMP) $(NODE_STAMP) $(if $(SKIP_FLINK),,flink-fetch)

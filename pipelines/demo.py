@@ -1,4 +1,4 @@
-"""`--demo`: the flow-log pipeline end to end on one machine, with no AWS account.
+"""`--demo`: the flow-log and CloudTrail pipelines end to end on one machine, with no AWS account.
 
 Starts a local AWS emulator (moto_server), creates a 2-shard Kinesis stream fed by a CloudWatch Logs
 subscription filter, writes sample flow logs through CloudWatch Logs (so the stream holds the real
@@ -148,6 +148,121 @@ def run_demo(extra_args: list[str], run_pipeline: Callable[[list[str]], int]) ->
         done.set()
         print(f"Pipeline finished in {time.monotonic() - started:.1f} s.")
         _summary(receiver.messages, EVENTS, dead_letter_dir)
+        return status
+    finally:
+        done.set()
+        receiver.stop()
+        moto.stop()
+
+
+CLOUDTRAIL_BUCKET = "demo-cloudtrail"
+CLOUDTRAIL_QUEUE = "demo-cloudtrail-notifications"
+CLOUDTRAIL_TOPIC = "demo-cloudtrail"
+CLOUDTRAIL_FILES = 20
+CLOUDTRAIL_RECORDS_PER_FILE = 100
+
+
+def _cloudtrail_summary(messages: list[dict], expected: int, dead_letter_dir: Path) -> None:
+    from transforms.deadletter import read_dead_letters
+
+    print()
+    print(f"Received {len(messages)} GELF messages (expected {expected}).")
+    users = collections.Counter(m.get("_user_type", "(none)") for m in messages)
+    sources = collections.Counter(m.get("_event_source", "?") for m in messages)
+    errors = sum(1 for m in messages if "_error_code" in m)
+    print("By user type:    " + ", ".join(f"{k} {v}" for k, v in users.most_common()))
+    print("By event source: " + ", ".join(f"{k} {v}" for k, v in sources.most_common(6)) + ", …")
+    print(f"Failed calls (error_code set): {errors}")
+    assumed = next((m for m in messages if m.get("_user_type") == "AssumedRole"), None)
+    print("\nOne of them (an assumed role's call), as Graylog receives it:")
+    shown = dict(assumed or messages[0]) if messages else {}
+    if "full_message" in shown:
+        shown["full_message"] = shown["full_message"][:200] + "…"
+    print(json.dumps(shown, indent=2, sort_keys=True))
+    letters = read_dead_letters(str(dead_letter_dir)) if dead_letter_dir.exists() else []
+    print(f"\nDead letters: {len(letters)} in {dead_letter_dir}")
+    for letter in letters[:5]:
+        print(f"  [{letter['stage']}] {letter['reason'][:120]}")
+
+
+def run_cloudtrail_demo(extra_args: list[str], run_pipeline: Callable[[list[str]], int]) -> int:
+    """CloudTrail end to end: log files in the local S3, announced through SNS to SQS as CloudTrail
+    does, read by pipelines.cloudtrail, delivered over GELF TCP to a local receiver."""
+    from pipelines.cloudtrail_samples import (
+        announce_cloudtrail_via_sns,
+        cloudtrail_log_files,
+        cloudtrail_validation_message,
+        create_notification_queue,
+        digest_key,
+        put_cloudtrail_files,
+        subscribe_queue_to_topic,
+    )
+
+    for key, value in (("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing")):
+        os.environ.setdefault(key, value)
+    os.environ.pop("AWS_PROFILE", None)
+    workdir = Path(tempfile.mkdtemp(prefix="aws-gelf-demo-cloudtrail-"))
+    dead_letter_dir = workdir / "dead-letter"
+    expected = CLOUDTRAIL_FILES * CLOUDTRAIL_RECORDS_PER_FILE
+    print(
+        f"Demo: local AWS emulator, {CLOUDTRAIL_FILES} CloudTrail log files ({expected} records) "
+        f"announced through SNS to SQS, local GELF receiver (files in {workdir})"
+    )
+    moto = MotoServer(workdir)
+    receiver = GelfReceiver(protocol="tcp", host="127.0.0.1", port=0)
+    receiver.start()
+    done = threading.Event()
+    try:
+        session = boto3.Session(region_name=REGION)
+        s3 = session.client("s3", endpoint_url=moto.url)
+        sqs = session.client("sqs", endpoint_url=moto.url)
+        sns = session.client("sns", endpoint_url=moto.url)
+        queue_url, queue_arn = create_notification_queue(sqs, CLOUDTRAIL_QUEUE)
+        topic_arn = subscribe_queue_to_topic(sns, sqs, CLOUDTRAIL_TOPIC, queue_url, queue_arn)
+        sns.publish(TopicArn=topic_arn, Message=cloudtrail_validation_message())
+        files = cloudtrail_log_files(CLOUDTRAIL_FILES, CLOUDTRAIL_RECORDS_PER_FILE, seed=11)
+        put_cloudtrail_files(s3, CLOUDTRAIL_BUCKET, files)
+        for key, _ in files:
+            announce_cloudtrail_via_sns(sns, topic_arn, CLOUDTRAIL_BUCKET, [key])
+        digest = digest_key(time.time())
+        put_cloudtrail_files(s3, CLOUDTRAIL_BUCKET, [(digest, b'{"digestStartTime": "-"}')])
+        announce_cloudtrail_via_sns(sns, topic_arn, CLOUDTRAIL_BUCKET, [digest])
+        sqs.send_message(QueueUrl=queue_url, MessageBody="this is not a notification")
+        print(
+            f"Put {CLOUDTRAIL_FILES} log files and 1 digest file into s3://{CLOUDTRAIL_BUCKET}; the queue "
+            f"{CLOUDTRAIL_QUEUE!r} holds their notifications, CloudTrail's validation message and 1 stray "
+            "message."
+        )
+        print(f"GELF receiver listening on tcp://127.0.0.1:{receiver.port}; running pipelines.cloudtrail:")
+        args = [
+            f"--sqs_queue_url={queue_url}",
+            f"--region={REGION}",
+            f"--aws_endpoint_url={moto.url}",
+            "--stop_when_idle=2",
+            "--gelf_host=127.0.0.1",
+            f"--gelf_port={receiver.port}",
+            "--gelf_protocol=tcp",
+            f"--dead_letter_path={dead_letter_dir}",
+            *extra_args,
+        ]
+        progress = threading.Thread(target=_progress, args=(receiver, expected, done), daemon=True)
+        progress.start()
+        started = time.monotonic()
+        status = run_pipeline(args)
+        deadline = time.monotonic() + 3
+        while receiver.count < expected and time.monotonic() < deadline:
+            time.sleep(0.1)
+        done.set()
+        left = sqs.get_queue_attributes(
+            QueueUrl=queue_url,
+            AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
+        )["Attributes"]
+        print(f"Pipeline finished in {time.monotonic() - started:.1f} s.")
+        print(
+            f"Messages left in the queue: {left['ApproximateNumberOfMessages']} visible, "
+            f"{left['ApproximateNumberOfMessagesNotVisible']} in flight."
+        )
+        _cloudtrail_summary(receiver.messages, expected, dead_letter_dir)
         return status
     finally:
         done.set()
