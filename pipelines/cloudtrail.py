@@ -17,7 +17,6 @@ import sys
 from dataclasses import replace
 
 import apache_beam as beam
-from apache_beam.options.pipeline_options import FlinkRunnerOptions
 from botocore.exceptions import BotoCoreError, ClientError
 
 from pipelines.common import Plan, RunOptions, main_with_errors, run_cli
@@ -85,7 +84,12 @@ def check_checkpointing(options, settings: ObjectSettings) -> None:
     """On Flink messages are deleted when a checkpoint completes: that must come before they reappear."""
     if runner_name(options).lower() != "flinkrunner":
         return
-    interval = options.view_as(FlinkRunnerOptions).checkpointing_interval
+    # A Java option of the Flink runner: Python keeps it among the unknown options it passes on.
+    value = options.get_all_options(retain_unknown_options=True).get("checkpointing_interval")
+    try:
+        interval = int(value) if value is not None else None
+    except ValueError:
+        raise ValueError(f"--checkpointing_interval={value} must be a number of milliseconds.") from None
     if interval is None or interval <= 0:
         raise ValueError(
             "--checkpointing_interval must be set on Flink (e.g. 10000): SQS messages are deleted when a "
