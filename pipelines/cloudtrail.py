@@ -14,6 +14,7 @@ was delivered to Graylog; on Flink that happens when a checkpoint completes, so 
 from __future__ import annotations
 
 import sys
+import time
 from dataclasses import replace
 
 import apache_beam as beam
@@ -63,6 +64,33 @@ def check_queue(aws: AwsConfig, name_or_url: str) -> str:
     except BotoCoreError as error:
         raise ValueError(f"--sqs_queue_url={name_or_url}: cannot reach SQS ({error}).") from None
     return url
+
+
+class QueueDrained:
+    """True once the queue has held no message, visible or in flight, for `idle_seconds`: every
+    message was then read, delivered and deleted. How a bounded run (--stop_when_idle) ends on Flink,
+    where the job's idle sources cannot be shut down without stopping the checkpoints the deletes
+    wait for."""
+
+    def __init__(self, aws: AwsConfig, queue_url: str, idle_seconds: float):
+        self._client = aws.client("sqs")
+        self._queue_url = queue_url
+        self._idle_seconds = idle_seconds
+        self._empty_since: float | None = None
+
+    def __call__(self) -> bool:
+        attributes = self._client.get_queue_attributes(
+            QueueUrl=self._queue_url,
+            AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
+        )["Attributes"]
+        empty = all(int(attributes.get(name, 0)) == 0 for name in attributes)
+        now = time.monotonic()
+        if not empty:
+            self._empty_since = None
+            return False
+        if self._empty_since is None:
+            self._empty_since = now
+        return now - self._empty_since >= self._idle_seconds
 
 
 def check_bucket(aws: AwsConfig, bucket: str, prefix_option: str) -> None:
@@ -119,6 +147,7 @@ def plan(options, local: bool) -> Plan:
     gelf = f"GELF {gelf_config.protocol} {gelf_config.host}:{gelf_config.port}"
     target = f"{gelf}; dead letters in {dead_letter_path}"
 
+    done = None
     if sqs.s3_prefix:
         if sqs.sqs_queue_url:
             raise ValueError(
@@ -159,6 +188,8 @@ def plan(options, local: bool) -> Plan:
             )
 
         summary = f"reading notifications from {read_config.queue_url} ({aws.region}) → {target}"
+        if read_config.stop_when_idle is not None:
+            done = QueueDrained(aws, read_config.queue_url, read_config.stop_when_idle)
 
     def build(pipeline) -> None:
         work = read(pipeline)
@@ -167,7 +198,7 @@ def plan(options, local: bool) -> Plan:
         outputs[DEAD_LETTER] | "DeadLettersObjects" >> WriteDeadLetters(dead_letter_path, NAME)
         undeliverable | "DeadLettersGelf" >> WriteDeadLetters(dead_letter_path, NAME)
 
-    return Plan(build=build, summary=summary)
+    return Plan(build=build, summary=summary, done=done)
 
 
 def demo(argv: list[str], run_pipeline) -> int:

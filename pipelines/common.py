@@ -175,10 +175,14 @@ def build_kinesis_to_gelf(pipeline, name: str, read_config, to_gelf, gelf_config
 
 @dataclass(frozen=True)
 class Plan:
-    """A validated pipeline, ready to build: `build` adds its steps, `summary` says what it reads."""
+    """A validated pipeline, ready to build: `build` adds its steps, `summary` says what it reads.
+
+    `done`, for a bounded run whose job cannot end by itself on a cluster: the launcher ends the job
+    once it returns True (checked every second)."""
 
     build: Callable[[beam.Pipeline], None]
     summary: str
+    done: Callable[[], bool] | None = None
 
 
 def run_cli(
@@ -227,6 +231,8 @@ def run_cli(
     planned.build(pipeline)
     result = pipeline.run()
     stopper.attach(result, options, local)
+    if planned.done is not None:
+        stopper.stop_when(planned.done, f"{name}: done")
     state = stopper.wait(result)
     totals = counters(result)
     summary = ", ".join(f"{k}={v}" for k, v in sorted(totals.items()) if v and not k.startswith("beam/"))

@@ -88,8 +88,11 @@ def check_flink_options(options: PipelineOptions) -> None:
 
 #: Checkpoint interval added for pipelines that act at checkpoints (SQS deletes) when none is given.
 DEFAULT_CHECKPOINTING_MS = 10000
-#: Options that make a run end by itself.
-BOUNDED_FLAGS = frozenset({"--stop_at_latest", "--stop_when_idle", "--s3_prefix"})
+#: Options that make a run end by itself, whose sources Flink may shut down once idle. Not
+#: `--stop_when_idle`: once a source has shut down, Flink (1.19, Beam 2.62) completes no further
+#: checkpoint (measured), so the SQS deletes that wait for one would never come; that run is ended by
+#: the launcher instead (`Stopper.stop_when`).
+BOUNDED_FLAGS = frozenset({"--stop_at_latest", "--s3_prefix"})
 
 
 def flink_defaults(argv: Sequence[str], pipeline: str, needs_checkpoints: bool = False) -> list[str]:
@@ -198,6 +201,30 @@ class Stopper:
             self.result.cancel()
         except Exception as error:  # the job may have ended meanwhile
             _LOG.debug("The runner's cancel: %s", error)
+
+    def stop_when(self, done, reason: str, period: float = 1.0) -> None:
+        """Ends a cluster run like a signal would, once `done()` holds: for bounded runs whose job
+        cannot end by itself. Only for attached (cluster) runs."""
+        if self.result is None:
+            return
+
+        def watch() -> None:
+            while not self.cancelled:
+                try:
+                    if done():
+                        break
+                except Exception as error:  # a failed check only delays the end
+                    _LOG.warning("Checking whether the run is done failed: %s", error)
+                time.sleep(period)
+            if self.cancelled:
+                return
+            _LOG.info("%s: ending the job.", reason)
+            stopping.request_stop()
+            self.cancelling = threading.current_thread()  # `wait` waits for the cancellation
+            self.cancelled = True
+            self._cancel()
+
+        threading.Thread(target=watch, name="stop-when", daemon=True).start()
 
     def wait(self, result) -> str:
         """Waits for the run to end; a cancellation asked for by a signal is a clean end."""

@@ -74,11 +74,11 @@ def over_tcp(args: list[str]) -> list[str]:
 
 
 @contextmanager
-def launched(args: list[str], env: dict) -> Iterator[subprocess.Popen]:
-    """The flow-logs command line in its own process group: whatever happens, the job server it
+def launched(args: list[str], env: dict, module: str = "flowlogs") -> Iterator[subprocess.Popen]:
+    """A pipeline's command line in its own process group: whatever happens, the job server it
     starts (a JVM) does not outlive the test."""
     process = subprocess.Popen(
-        [sys.executable, "-m", "pipelines.flowlogs", *args],
+        [sys.executable, "-m", f"pipelines.{module}", *args],
         cwd=REPO,
         env=env,
         stdout=subprocess.PIPE,
@@ -97,8 +97,10 @@ def launched(args: list[str], env: dict) -> Iterator[subprocess.Popen]:
         process.stdout.close()
 
 
-def run_flowlogs(args: list[str], env: dict, timeout: float = 300) -> tuple[int, str]:
-    with launched(args, env) as process:
+def run_flowlogs(
+    args: list[str], env: dict, timeout: float = 300, module: str = "flowlogs"
+) -> tuple[int, str]:
+    with launched(args, env, module) as process:
         output, _ = process.communicate(timeout=timeout)
         return process.returncode, output
 
@@ -403,3 +405,55 @@ def test_sqs_messages_are_deleted_only_once_flink_has_checkpointed_their_bundle(
     finally:
         cancel_flink_job(flink_cluster.rest_url, name)
         result.cancel()
+
+
+def test_cloudtrail_runs_on_the_cluster_and_deletes_each_message_once_its_records_were_delivered(
+    moto, subprocess_env, flink_cluster, gelf_tcp, tmp_path
+):
+    """The CloudTrail pipeline on the cluster, as on the DirectRunner: files spread over 2 workers (a
+    Reshuffle after the notifications), messages deleted at checkpoints after delivery, and a bounded
+    run (--stop_when_idle) that ends only once its deletes are done: the launcher cancels the job once
+    the queue has held nothing, visible or in flight, for that long."""
+    from pipelines.cloudtrail_samples import (
+        cloudtrail_log_files,
+        cloudtrail_notification,
+        create_notification_queue,
+        put_cloudtrail_files,
+    )
+    from tests.test_cloudtrail_pipeline import BUCKET, START, cli_args, event_ids, records_of
+    from tests.test_sqs import queue_counts
+
+    s3, sqs = aws_client("s3", moto), aws_client("sqs", moto)
+    queue_url, _ = create_notification_queue(sqs, "cloudtrail", visibility_timeout=60)
+    files = cloudtrail_log_files(12, 100, seed=17, start_time=START)
+    put_cloudtrail_files(s3, BUCKET, files)
+    for key, _ in files:
+        sqs.send_message(QueueUrl=queue_url, MessageBody=cloudtrail_notification(BUCKET, [key]))
+    name = "cloudtrail-on-flink"
+    args = [
+        *[
+            a
+            for a in cli_args(queue_url, moto, gelf_tcp.port, tmp_path / "dl")
+            if not a.startswith("--runner")
+        ],
+        *flink_cluster.pipeline_args(parallelism=2),
+        "--stop_when_idle=5",
+        "--sqs_readers=2",
+        "--checkpointing_interval=2000",
+        f"--job_name={name}",
+    ]
+    started = time.monotonic()
+    status, output = run_flowlogs(args, subprocess_env, module="cloudtrail")
+    took = time.monotonic() - started
+    assert status == 0, output[-4000:]
+    expected = Counter(r["eventID"] for r in records_of(files))
+    messages = gelf_tcp.wait_for(sum(expected.values()))
+    assert event_ids(messages) == expected, "every record once"
+    assert queue_counts(sqs, queue_url) == (0, 0), "every message deleted before the job ended"
+    assert "cloudtrail: done: ending the job" in output
+    job = flink_job(flink_cluster, name)
+    assert job["state"] == "CANCELED"
+    reading = stage(job, "ReadObjects")
+    assert reading["parallelism"] == 2
+    stages = parallelism_by_stage(job)
+    print(f"\n{len(messages)} records from {len(files)} files on Flink in {took:.1f} s; stages {stages}")
