@@ -400,8 +400,29 @@ def test_every_run_config_is_a_valid_set_of_options(config):
     argv = expand_config([f"--config={REPO / 'run_configs' / config}"])
     options = PipelineOptions(argv)
     aws = aws_config_from_options(options)
+    if config.startswith("cloudtrail"):
+        check_cloudtrail_options(options, aws)
+        gelf_config_from_options(options)
+        return
     kinesis_config_from_options(options, aws)
     if "tls" not in config:
         gelf_config_from_options(options)
     module = cloudwatch if config.startswith("cloudwatch") else flowlogs
     module.make_to_gelf(options, "s")
+
+
+def check_cloudtrail_options(options, aws) -> None:
+    from transforms.s3_listing import backfill_range_from_values
+    from transforms.s3_notifications import KeyFilter
+    from transforms.sqs import sqs_config_from_values
+    from transforms.sqs_s3 import ObjectSettings, SqsS3Options
+
+    sqs = options.view_as(SqsS3Options)
+    KeyFilter.from_options(sqs.s3_key_include, sqs.s3_key_exclude)
+    ObjectSettings(sqs.sqs_visibility_timeout, sqs.sqs_max_processing_seconds, sqs.sqs_retry_delay_seconds)
+    if sqs.s3_prefix:
+        backfill_range_from_values(sqs.s3_prefix, sqs.s3_start_time, sqs.s3_end_time)
+    else:
+        sqs_config_from_values(
+            sqs.sqs_queue_url, aws, readers=sqs.sqs_readers, stop_when_idle=sqs.stop_when_idle
+        )

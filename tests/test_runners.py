@@ -53,3 +53,15 @@ def test_flink_runs_stream_and_are_not_local():
     options = PipelineOptions(["--runner=FlinkRunner"])
     assert prepare_runner(options) is False
     assert options.get_all_options()["streaming"] is True
+
+
+def test_a_pipeline_that_deletes_at_checkpoints_gets_checkpointing_and_keeps_its_sources_alive():
+    added = flink_defaults(
+        ["--runner=FlinkRunner", "--stop_when_idle=5"], "cloudtrail", needs_checkpoints=True
+    )
+    assert "--checkpointing_interval=10000" in added
+    assert not any(a.startswith("--shutdown_sources_after_idle_ms") for a in added), (
+        "Flink completes no checkpoint once idle sources shut down: the deletes would never come"
+    )
+    given = flink_defaults(["--checkpointing_interval=2000"], "cloudtrail", needs_checkpoints=True)
+    assert not any(a.startswith("--checkpointing_interval") for a in given)
