@@ -48,7 +48,8 @@ class DeadLetterOptions(PipelineOptions):
             default=DEFAULT_DEAD_LETTER_PATH,
             help=(
                 "Directory receiving the Avro files of rejected input (raw bytes, reason, where it "
-                "came from: Kinesis coordinates or S3 object and SQS message): a local path or s3://bucket/prefix (S3 uses Beam's --s3_* options). "
+                "came from: Kinesis coordinates or S3 object and SQS message): a local path or "
+                "s3://bucket/prefix (S3 uses Beam's --s3_* options). "
                 f"Default: {DEFAULT_DEAD_LETTER_PATH!r}, relative to the working directory. On a "
                 "cluster use storage every worker can reach, such as s3://, or the files end up "
                 "scattered over the workers' local disks."
