@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import json
 import logging
 import sys
 from collections.abc import Callable, Sequence
@@ -34,6 +35,8 @@ from transforms.aws import aws_config_from_options
 from transforms.cloudwatch import DecodeSubscription
 from transforms.deadletter import WriteDeadLetters, dead_letter_path_from_options
 from transforms.elements import DEAD_LETTER
+from transforms.enrichment import EntityOptions
+from transforms.entities import iam_policy
 from transforms.gelf import WriteToGelf, gelf_config_from_options
 from transforms.kinesis import ReadFromKinesis, kinesis_config_from_options
 
@@ -201,6 +204,13 @@ def run_cli(
         return 0
     argv = expand_config(argv)
     options = PipelineOptions(argv)
+    if EntityOptions in option_classes and options.view_as(EntityOptions).print_iam_policy:
+        roles = [r for r in (options.view_as(EntityOptions).lookup_role_arns or "").split(",") if r]
+        policies = {"pipeline": iam_policy(roles)}
+        if roles:
+            policies["each lookup role"] = iam_policy()
+        print(json.dumps(policies, indent=2))
+        return 0
     if runner_name(options).lower() == "flinkrunner":
         options = PipelineOptions(argv + flink_defaults(argv, name, needs_checkpoints))
     if options.view_as(RunOptions).demo:

@@ -9,21 +9,32 @@ from __future__ import annotations
 import sys
 
 from pipelines.common import RunOptions, main_with_errors, run_kinesis_pipeline
-from transforms.aws import AwsOptions
+from transforms.aws import AwsOptions, aws_config_from_options
 from transforms.deadletter import DeadLetterOptions
+from transforms.enrichment import EntityLookups, EntityOptions, lookup_config_from_options
 from transforms.flowlogs import FlowLogOptions, FlowLogsToGelf
 from transforms.gelf import GelfOptions
 from transforms.kinesis import KinesisOptions
 
 NAME = "flowlogs"
 DEFAULT_SOURCE = "aws-flowlogs"
-OPTIONS = (RunOptions, AwsOptions, KinesisOptions, FlowLogOptions, GelfOptions, DeadLetterOptions)
+OPTIONS = (
+    RunOptions,
+    AwsOptions,
+    KinesisOptions,
+    FlowLogOptions,
+    EntityOptions,
+    GelfOptions,
+    DeadLetterOptions,
+)
 
 
 def make_to_gelf(options, stream):
     fmt = options.view_as(FlowLogOptions).flow_log_format
     source = options.view_as(GelfOptions).gelf_source or DEFAULT_SOURCE
-    return FlowLogsToGelf(fmt, source, stream)
+    lookup_config = lookup_config_from_options(options, aws_config_from_options(options))
+    lookups = EntityLookups(lookup_config) if lookup_config is not None else None
+    return FlowLogsToGelf(fmt, source, stream, lookups)
 
 
 def run(argv: list[str]) -> int:

@@ -19,6 +19,7 @@ from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from transforms.elements import DEAD_LETTER, DeadLetter, GelfBatch, LogEvent, LogEventBatch
+from transforms.enrichment import EntityLookups
 from transforms.gelf import build_message, encode_message
 from transforms.protocols import protocol_name
 
@@ -35,6 +36,9 @@ DEAD_LETTER_STAGE = "flowlogs"
 
 #: AWS writes this for a field that does not apply to, or could not be computed for, a record.
 ABSENT = "-"
+
+#: The fields holding IP addresses, enriched with `--entity_lookups` (the plugin did the first two).
+ADDRESS_FIELDS = ("src_addr", "dst_addr", "pkt_src_addr", "pkt_dst_addr")
 
 NODATA = "NODATA"
 SKIPDATA = "SKIPDATA"
@@ -277,27 +281,48 @@ class FlowLogsToGelf(beam.DoFn):
     """
 
     def __init__(
-        self, flow_log_format: str = DEFAULT_FORMAT, source: str | None = None, stream: str | None = None
+        self,
+        flow_log_format: str = DEFAULT_FORMAT,
+        source: str | None = None,
+        stream: str | None = None,
+        lookups: EntityLookups | None = None,
     ) -> None:
-        """`stream`: the Kinesis stream read, for batches whose SourceCoordinates do not name one."""
+        """`stream`: the Kinesis stream read, for batches whose SourceCoordinates do not name one.
+        `lookups`: add what each address is in the AWS estate (`--entity_lookups`)."""
         # Parsed here so that a bad --flow_log_format fails the pipeline at construction.
         self._format = parse_format(flow_log_format)
         self._source = source or DEFAULT_SOURCE
         self._stream = stream
+        self._lookups = lookups
         self.events = Metrics.counter(METRICS_NAMESPACE, "events")
         self.parse_errors = Metrics.counter(METRICS_NAMESPACE, "parse_errors")
         self.nodata = Metrics.counter(METRICS_NAMESPACE, "nodata")
         self.skipdata = Metrics.counter(METRICS_NAMESPACE, "skipdata")
 
+    def setup(self) -> None:
+        if self._lookups is not None:
+            self._lookups.setup()
+
     def process(self, batch: LogEventBatch) -> Iterator[GelfBatch | beam.pvalue.TaggedOutput]:
         fmt = self._format
         source = self._source
         stream = batch.source.stream or self._stream
+        enricher = self._lookups.enricher() if self._lookups is not None else None
         payloads: GelfBatch = []
         errors = nodata = skipdata = 0
         for event in batch.events:
             try:
                 record = parse_flow_log(event.message, fmt)
+                if enricher is not None:
+                    record.update(
+                        enricher.fields(
+                            record,
+                            ADDRESS_FIELDS,
+                            vpc_id=record.get("vpc_id"),
+                            interface_id=record.get("interface_id"),
+                            account_id=record.get("account_id"),
+                        )
+                    )
                 payloads.append(encode_message(flow_log_gelf(record, event, batch, source, stream)))
             except ValueError as err:  # FlowLogParseError, or a value GELF encoding refused
                 errors += 1
@@ -318,5 +343,7 @@ class FlowLogsToGelf(beam.DoFn):
             self.nodata.inc(nodata)
         if skipdata:
             self.skipdata.inc(skipdata)
+        if enricher is not None:
+            self._lookups.report(enricher)
         if payloads:
             yield payloads

@@ -1,0 +1,156 @@
+"""Entity lookups: the per-process refresher, the options, and flow logs enriched end to end."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from pipelines.sample_data import create_flow_log_stream, deliver_through_cloudwatch
+from tests.conftest import REGION, NodeReceiver, aws_client
+from tests.test_pipelines import LOG_GROUP, STREAM, pipeline_args, run_cli
+from transforms.aws import AwsConfig
+from transforms.enrichment import InventoryRefresher, LookupConfig, lookup_config_from_options
+from transforms.entities import Entity, Inventory
+
+AWS = AwsConfig(region=REGION)
+
+
+def inventory_of(*pairs: tuple[str, str]) -> Inventory:
+    return Inventory(Entity(entity=f"ec2:{name}", aws_type="EC2", addresses=(ip,)) for ip, name in pairs)
+
+
+class Collector:
+    """Answers each refresh with the next of `answers` (an Inventory, or an exception to raise)."""
+
+    def __init__(self, *answers):
+        self.answers = list(answers)
+        self.calls = 0
+
+    def __call__(self, config):
+        answer = self.answers[min(self.calls, len(self.answers) - 1)]
+        self.calls += 1
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+
+def test_a_failed_refresh_keeps_the_previous_inventory_and_is_counted():
+    first, second = inventory_of(("10.0.0.1", "i-1")), inventory_of(("10.0.0.2", "i-2"))
+    collect = Collector(first, RuntimeError("Throttling"), second)
+    refresher = InventoryRefresher(LookupConfig(AWS, (REGION,), refresh_seconds=3600), collect)
+    try:
+        assert refresher.current(wait=10) is first
+        assert refresher.refresh() is False
+        assert refresher.current() is first, "kept after the failure"
+        assert refresher.refresh() is True
+        assert refresher.current() is second
+        tally = refresher.take_tally()
+        assert (tally.refreshes, tally.failures) == (2, 1)
+        assert collect.calls == 3
+    finally:
+        refresher.close()
+
+
+def test_refreshes_run_in_the_background_on_schedule():
+    collect = Collector(inventory_of(("10.0.0.1", "i-1")))
+    config = LookupConfig(AWS, (REGION,), refresh_seconds=0.5)
+    refresher = InventoryRefresher(config, collect)
+    try:
+        time.sleep(2.2)
+        assert 3 <= collect.calls <= 6, collect.calls
+    finally:
+        refresher.close()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--lookup_regions=eu-west-1"], "--entity_lookups is not"),
+        (["--entity_lookups", "--lookup_role_arns=reader"], "--lookup_role_arns"),
+        (["--entity_lookups", "--lookup_refresh_seconds=1"], "--lookup_refresh_seconds"),
+    ],
+)
+def test_bad_lookup_options_name_the_option(args, message):
+    with pytest.raises(ValueError, match=message):
+        lookup_config_from_options(PipelineOptions(args), AWS)
+
+
+def test_lookups_are_off_by_default_and_default_to_the_pipeline_region():
+    assert lookup_config_from_options(PipelineOptions([]), AWS) is None
+    config = lookup_config_from_options(PipelineOptions(["--entity_lookups", "--lookup_tags=Team, Env"]), AWS)
+    assert config.regions == (REGION,) and config.tag_keys == ("Team", "Env")
+
+
+def two_vpcs_with_the_same_address(ec2) -> list[dict]:
+    """An instance at 10.0.1.10 in each of two VPCs (same CIDR), and a database host in the first."""
+    instances = []
+    for team in ("payments", "search"):
+        vpc = ec2.create_vpc(CidrBlock="10.0.0.0/16")["Vpc"]["VpcId"]
+        subnet = ec2.create_subnet(VpcId=vpc, CidrBlock="10.0.1.0/24")["Subnet"]["SubnetId"]
+        for name, address in ((f"{team}-web", "10.0.1.10"), (f"{team}-db", "10.0.1.20")):
+            (instance,) = ec2.run_instances(
+                ImageId="ami-12c6146b",
+                MinCount=1,
+                MaxCount=1,
+                SubnetId=subnet,
+                PrivateIpAddress=address,
+                TagSpecifications=[
+                    {
+                        "ResourceType": "instance",
+                        "Tags": [{"Key": "Name", "Value": name}, {"Key": "Team", "Value": team}],
+                    }
+                ],
+            )["Instances"]
+            instances.append(instance | {"Name": name, "Team": team, "Vpc": vpc})
+    return instances
+
+
+@pytest.mark.slow
+def test_flow_logs_are_enriched_within_their_own_vpc(moto, subprocess_env, tmp_path):
+    ec2 = aws_client("ec2", moto)
+    instances = two_vpcs_with_the_same_address(ec2)
+    web = {i["Team"]: i for i in instances if i["Name"].endswith("-web")}
+    kinesis, logs = aws_client("kinesis", moto), aws_client("logs", moto)
+    create_flow_log_stream(kinesis, logs, STREAM, LOG_GROUP, shards=1)
+    lines = []
+    for instance in web.values():
+        eni = instance["NetworkInterfaces"][0]["NetworkInterfaceId"]
+        lines.append(
+            f"2 123456789012 {eni} 10.0.1.10 10.0.1.20 443 50000 6 10 840 1700000000 1700000060 ACCEPT OK"
+        )
+        lines.append(f"2 123456789012 {eni} 10.0.1.10 8.8.8.8 443 53 17 1 80 1700000000 1700000060 ACCEPT OK")
+    deliver_through_cloudwatch(logs, LOG_GROUP, lines)
+    receiver = NodeReceiver(tmp_path, "tcp")
+    try:
+        args = pipeline_args(moto, receiver.port, tmp_path / "dl", "--stop_at_latest", "--gelf_protocol=tcp")
+        result = run_cli(
+            "flowlogs",
+            [*args, "--entity_lookups", "--lookup_tags=Team", "--lookup_refresh_seconds=5"],
+            subprocess_env,
+        )
+        messages = receiver.wait_for(len(lines))
+    finally:
+        receiver.stop()
+
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert len(messages) == 4
+    for message in messages:
+        team = next(
+            t
+            for t, i in web.items()
+            if i["NetworkInterfaces"][0]["NetworkInterfaceId"] == message["_interface_id"]
+        )
+        source = web[team]
+        assert message["_src_addr_entity"] == f"ec2:{source['InstanceId']}"
+        assert message["_src_addr_entity_aws_type"] == "EC2"
+        assert message["_src_addr_entity_description"] == f"{team}-web"
+        assert message["_src_addr_entity_vpc_id"] == source["Vpc"]
+        assert message["_src_addr_entity_tag_Team"] == team
+        assert "_src_addr_entity_ambiguous" not in message, "resolved within the record's VPC"
+        if message["_dst_addr"] == "10.0.1.20":
+            assert message["_dst_addr_entity_description"] == f"{team}-db"
+        else:
+            assert not any(key.startswith("_dst_addr_entity") for key in message), "a public IP outside"
+    assert "entities/addresses_enriched=6" in result.stderr
