@@ -26,6 +26,7 @@ from transforms.aws import AwsConfig, AwsOptions, aws_config_from_options
 from transforms.cloudtrail import DEFAULT_SOURCE
 from transforms.deadletter import DeadLetterOptions, WriteDeadLetters, dead_letter_path_from_options
 from transforms.elements import DEAD_LETTER
+from transforms.enrichment import EntityLookups, EntityOptions, lookup_config_from_options
 from transforms.gelf import GelfOptions, WriteToGelf, gelf_config_from_options
 from transforms.s3_listing import ListS3Objects, backfill_range_from_values
 from transforms.s3_notifications import KeyFilter
@@ -41,7 +42,7 @@ from transforms.sqs_s3 import (
 
 NAME = "cloudtrail"
 DESCRIPTION = "CloudTrail log files from S3 (announced on SQS, or an S3 backfill) to Graylog GELF."
-OPTIONS = (RunOptions, AwsOptions, SqsS3Options, GelfOptions, DeadLetterOptions)
+OPTIONS = (RunOptions, AwsOptions, SqsS3Options, EntityOptions, GelfOptions, DeadLetterOptions)
 
 
 def _backfill_work(obj) -> S3Work:
@@ -138,6 +139,8 @@ def plan(options, local: bool) -> Plan:
     dead_letter_path = dead_letter_path_from_options(options)
     key_filter = KeyFilter.from_options(sqs.s3_key_include, sqs.s3_key_exclude)
     record_format = CloudTrailFormat(options.view_as(GelfOptions).gelf_source or DEFAULT_SOURCE)
+    lookup_config = lookup_config_from_options(options, aws)
+    lookups = EntityLookups(lookup_config) if lookup_config is not None else None
     settings = ObjectSettings(
         visibility_timeout=sqs.sqs_visibility_timeout,
         max_processing_seconds=sqs.sqs_max_processing_seconds,
@@ -193,7 +196,7 @@ def plan(options, local: bool) -> Plan:
 
     def build(pipeline) -> None:
         work = read(pipeline)
-        outputs = work | "ReadObjects" >> ReadS3Objects(aws, record_format, settings)
+        outputs = work | "ReadObjects" >> ReadS3Objects(aws, record_format, settings, lookups)
         undeliverable = outputs.gelf | "WriteGelf" >> WriteToGelf(gelf_config, NAME)
         outputs[DEAD_LETTER] | "DeadLettersObjects" >> WriteDeadLetters(dead_letter_path, NAME)
         undeliverable | "DeadLettersGelf" >> WriteDeadLetters(dead_letter_path, NAME)

@@ -154,3 +154,60 @@ def test_flow_logs_are_enriched_within_their_own_vpc(moto, subprocess_env, tmp_p
         else:
             assert not any(key.startswith("_dst_addr_entity") for key in message), "a public IP outside"
     assert "entities/addresses_enriched=6" in result.stderr
+
+
+@pytest.mark.slow
+def test_cloudtrail_source_addresses_are_enriched(moto, subprocess_env, tmp_path):
+    from pipelines.cloudtrail_samples import (
+        cloudtrail_file,
+        cloudtrail_notification,
+        cloudtrail_records,
+        create_notification_queue,
+        put_cloudtrail_files,
+    )
+    from tests.test_cloudtrail_pipeline import BUCKET, START, cli_args
+    from tests.test_cloudtrail_pipeline import run_cli as run_cloudtrail
+
+    ec2, s3, sqs = aws_client("ec2", moto), aws_client("s3", moto), aws_client("sqs", moto)
+    databases = [i for i in two_vpcs_with_the_same_address(ec2) if i["Name"].endswith("-db")]
+    vpc = ec2.create_vpc(CidrBlock="10.9.0.0/16")["Vpc"]["VpcId"]
+    subnet = ec2.create_subnet(VpcId=vpc, CidrBlock="10.9.1.0/24")["Subnet"]["SubnetId"]
+    (bastion,) = ec2.run_instances(
+        ImageId="ami-12c6146b",
+        MinCount=1,
+        MaxCount=1,
+        SubnetId=subnet,
+        PrivateIpAddress="10.9.1.5",
+        TagSpecifications=[{"ResourceType": "instance", "Tags": [{"Key": "Name", "Value": "bastion"}]}],
+    )["Instances"]
+    records = list(cloudtrail_records(4, seed=2, start_time=START))
+    records[0]["sourceIPAddress"] = "10.9.1.5"  # held by one instance only: a sure answer
+    records[1]["sourceIPAddress"] = "10.0.1.20"  # held in two VPCs, and CloudTrail names no VPC
+    records[2]["sourceIPAddress"] = "ec2.amazonaws.com"
+    records[3]["sourceIPAddress"] = "203.0.113.9"
+    key = "AWSLogs/123456789012/CloudTrail/us-east-1/2026/11/20/enriched.json.gz"
+    put_cloudtrail_files(s3, BUCKET, [(key, cloudtrail_file(records))])
+    queue_url, _ = create_notification_queue(sqs, "cloudtrail")
+    sqs.send_message(QueueUrl=queue_url, MessageBody=cloudtrail_notification(BUCKET, [key]))
+    receiver = NodeReceiver(tmp_path, "tcp")
+    try:
+        args = cli_args(queue_url, moto, receiver.port, tmp_path / "dl") + [
+            "--stop_when_idle=2",
+            "--entity_lookups",
+        ]
+        result = run_cloudtrail(args, subprocess_env)
+        messages = {m["_event_id"]: m for m in receiver.wait_for(4)}
+    finally:
+        receiver.stop()
+
+    assert result.returncode == 0, result.stderr[-3000:]
+    sure = messages[records[0]["eventID"]]
+    assert sure["_source_address_entity"] == f"ec2:{bastion['InstanceId']}"
+    assert sure["_source_address_entity_aws_type"] == "EC2"
+    assert sure["_source_address_entity_description"] == "bastion"
+    assert "_source_address_entity_ambiguous" not in sure
+    either = messages[records[1]["eventID"]]
+    assert either["_source_address_entity"] in {f"ec2:{db['InstanceId']}" for db in databases}
+    assert either["_source_address_entity_ambiguous"] == "true", "never mis-labelled silently"
+    for record in records[2:]:
+        assert not any(key.startswith("_source_address_entity") for key in messages[record["eventID"]])

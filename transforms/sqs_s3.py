@@ -33,6 +33,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from transforms.aws import AwsConfig
 from transforms.cloudtrail import DEFAULT_SOURCE, CloudTrailFileError, cloudtrail_gelf, iter_records
 from transforms.elements import DEAD_LETTER, DeadLetter, SourceCoordinates
+from transforms.enrichment import Enricher, EntityLookups
 from transforms.gelf import encode_message
 from transforms.s3_notifications import (
     DEFAULT_KEY_EXCLUDE,
@@ -201,8 +202,9 @@ class RecordFormat(Protocol):
     def records(self, stream: BinaryIO) -> Iterator[Any]:
         """The object's records, streamed; raises ValueError when the object is unusable."""
 
-    def to_gelf(self, record: Any, obj: S3Object) -> dict:
-        """One record's GELF message; raises ValueError for a record that cannot be used."""
+    def to_gelf(self, record: Any, obj: S3Object, enricher: Enricher | None = None) -> dict:
+        """One record's GELF message (with what its addresses are, given an `enricher`); raises
+        ValueError for a record that cannot be used."""
 
 
 @dataclass(frozen=True)
@@ -214,10 +216,14 @@ class CloudTrailFormat:
     def records(self, stream: BinaryIO) -> Iterator[Any]:
         return iter_records(stream)
 
-    def to_gelf(self, record: Any, obj: S3Object) -> dict:
-        return cloudtrail_gelf(
-            record, self.source, extra_fields={"aws_s3_bucket": obj.bucket, "aws_s3_key": obj.key}
-        )
+    def to_gelf(self, record: Any, obj: S3Object, enricher: Enricher | None = None) -> dict:
+        extra = {"aws_s3_bucket": obj.bucket, "aws_s3_key": obj.key}
+        if enricher is not None and isinstance(record, dict):
+            address = {"source_address": record.get("sourceIPAddress")}
+            extra.update(
+                enricher.fields(address, ("source_address",), account_id=record.get("recipientAccountId"))
+            )
+        return cloudtrail_gelf(record, self.source, extra_fields=extra)
 
 
 def s3_uri(obj: S3Object) -> str:
@@ -373,10 +379,17 @@ class ReadS3NotificationsFromSqs(beam.PTransform):
 class _ReadObjectsFn(beam.DoFn):
     """S3Work -> GELF payload batches (and dead letters); deletes the message after the bundle."""
 
-    def __init__(self, aws: AwsConfig, record_format: RecordFormat, settings: ObjectSettings):
+    def __init__(
+        self,
+        aws: AwsConfig,
+        record_format: RecordFormat,
+        settings: ObjectSettings,
+        lookups: EntityLookups | None = None,
+    ):
         self._aws = aws
         self._format = record_format
         self._settings = settings
+        self._lookups = lookups
         self._deleter = BundleDeleter()
         self._objects = Metrics.counter("s3", "objects")
         self._bytes = Metrics.counter("s3", "bytes")
@@ -388,6 +401,8 @@ class _ReadObjectsFn(beam.DoFn):
         self._extensions = Metrics.counter("sqs", "visibility_extensions")
 
     def setup(self) -> None:
+        if self._lookups is not None:
+            self._lookups.setup()
         self._s3_clients: dict[str | None, Any] = {}
         self._sqs = self._aws.client("sqs", retries={"mode": "standard", "total_max_attempts": 3})
         settings = self._settings
@@ -454,6 +469,7 @@ class _ReadObjectsFn(beam.DoFn):
         Records read before a failure (a corrupt tail) are still sent: a retry may duplicate them,
         but none is lost."""
         self._objects.inc()
+        enricher = self._lookups.enricher() if self._lookups is not None else None
         batch: list[bytes] = []
         count = 0
         body = None
@@ -464,7 +480,7 @@ class _ReadObjectsFn(beam.DoFn):
             for record in self._format.records(body):
                 count += 1
                 try:
-                    batch.append(encode_message(self._format.to_gelf(record, obj)))
+                    batch.append(encode_message(self._format.to_gelf(record, obj, enricher)))
                 except ValueError as error:
                     self._bad_records.inc()
                     yield self._dead_letter(
@@ -483,6 +499,8 @@ class _ReadObjectsFn(beam.DoFn):
             yield batch
         if body is not None:
             self._bytes.inc(body.count)
+        if enricher is not None:
+            self._lookups.report(enricher)
         return failure
 
     def _head_of(self, obj: S3Object) -> bytes:
@@ -552,13 +570,20 @@ class ReadS3Objects(beam.PTransform):
     Metrics: s3/objects, bytes, records, object_failures, records_rejected; sqs/messages_retried,
     messages_dead_lettered, visibility_extensions, messages_deleted, delete_failures."""
 
-    def __init__(self, aws: AwsConfig, record_format: RecordFormat, settings: ObjectSettings):
+    def __init__(
+        self,
+        aws: AwsConfig,
+        record_format: RecordFormat,
+        settings: ObjectSettings,
+        lookups: EntityLookups | None = None,
+    ):
         super().__init__()
         self._aws = aws
         self._format = record_format
         self._settings = settings
+        self._lookups = lookups
 
     def expand(self, work):
         return work | "ReadObjects" >> beam.ParDo(
-            _ReadObjectsFn(self._aws, self._format, self._settings)
+            _ReadObjectsFn(self._aws, self._format, self._settings, self._lookups)
         ).with_outputs(DEAD_LETTER, main="gelf")
