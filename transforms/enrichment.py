@@ -25,6 +25,7 @@ from apache_beam.utils.shared import Shared
 
 from transforms.aws import AwsConfig
 from transforms.entities import Inventory, collect_inventory, entity_fields
+from transforms.gelf import field_key
 
 _LOG = logging.getLogger(__name__)
 
@@ -202,11 +203,16 @@ def _collect(config: LookupConfig) -> Inventory:
 
 @dataclass
 class Enricher:
-    """Adds `<field>_entity*` fields for the address fields of one record, from one inventory."""
+    """Adds `<field>_entity*` fields for the address fields of one record, from one inventory.
+
+    The fields come keyed as GELF stores them (`_src_addr_entity`), so they can be added to a built
+    message as they are (`field_key` maps such a key to itself if they go through `build_message`).
+    They are worked out once per address field and entity, and reused while the inventory is."""
 
     inventory: Inventory | None
     tag_keys: Sequence[str] = ()
-    enriched: int = field(default=0)
+    memo: dict = field(default_factory=dict)
+    enriched: int = 0
 
     def fields(
         self,
@@ -217,19 +223,28 @@ class Enricher:
         account_id: str | None = None,
     ) -> dict[str, str]:
         """The entity fields of `record`'s addresses, resolved within the record's VPC or interface."""
-        if self.inventory is None:
+        inventory = self.inventory
+        if inventory is None:
             return {}
         added: dict[str, str] = {}
+        memo = self.memo
         for name in address_fields:
             address = record.get(name)
-            if not isinstance(address, str) or not address:
+            if not address or type(address) is not str:
                 continue
-            lookup = self.inventory.lookup(
-                address, vpc_id=vpc_id, interface_id=interface_id, account_id=account_id
-            )
-            if lookup is not None:
-                added.update(entity_fields(name, lookup, self.tag_keys))
-                self.enriched += 1
+            lookup = inventory.lookup(address, vpc_id, interface_id, account_id)
+            if lookup is None:
+                continue
+            key = (name, id(lookup.entity), lookup.ambiguous)  # entities live as long as the memo
+            fields = memo.get(key)
+            if fields is None:
+                fields = memo[key] = {
+                    field_key(field_name): value
+                    for field_name, value in entity_fields(name, lookup, self.tag_keys).items()
+                    if not value.isspace()
+                }
+            added.update(fields)
+            self.enriched += 1
         return added
 
 
@@ -241,6 +256,7 @@ class EntityLookups:
         self._config = config
         self._shared = Shared()
         self._refresher: InventoryRefresher | None = None
+        self._memo: tuple[Inventory | None, dict] = (None, {})
         self._refreshes = Metrics.counter(NAMESPACE, "refreshes")
         self._failures = Metrics.counter(NAMESPACE, "refresh_failures")
         self._enriched = Metrics.counter(NAMESPACE, "addresses_enriched")
@@ -250,6 +266,7 @@ class EntityLookups:
     def __getstate__(self):
         state = dict(self.__dict__)
         state["_refresher"] = None
+        state["_memo"] = (None, {})
         return state
 
     def setup(self) -> None:
@@ -259,7 +276,9 @@ class EntityLookups:
 
     def enricher(self) -> Enricher:
         inventory = self._refresher.current() if self._refresher is not None else None
-        return Enricher(inventory, self._config.tag_keys)
+        if self._memo[0] is not inventory:  # a new inventory: its entities' fields are worked out anew
+            self._memo = (inventory, {})
+        return Enricher(inventory, self._config.tag_keys, self._memo[1])
 
     def report(self, enricher: Enricher) -> None:
         if enricher.enriched:

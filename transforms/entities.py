@@ -337,7 +337,7 @@ class Inventory:
     Lean on purpose: one dict of address → tuple of the entities holding it (almost always one),
     and one of interface id → VPC, sharing the entity objects."""
 
-    __slots__ = ("_by_address", "_vpc_of_interface", "built_at", "entity_count")
+    __slots__ = ("_by_address", "_sure", "_vpc_of_interface", "built_at", "entity_count")
 
     def __init__(self, entities: Iterable[Entity], built_at: float | None = None):
         unique: dict[object, Entity] = {}
@@ -356,6 +356,8 @@ class Inventory:
             if entity.interface_id and entity.vpc_id:
                 vpc_of_interface[entity.interface_id] = entity.vpc_id
         self._by_address: dict[str, tuple[Entity, ...]] = {a: tuple(e) for a, e in by_address.items()}
+        # The answer for an address only one entity holds, made once: most lookups end here.
+        self._sure: dict[str, Lookup] = {a: Lookup(e[0]) for a, e in by_address.items() if len(e) == 1}
         self._vpc_of_interface = vpc_of_interface
         self.entity_count = len(unique)
         self.built_at = time.time() if built_at is None else built_at
@@ -381,6 +383,9 @@ class Inventory:
         across VPCs. An address that VPC does not hold (a peered VPC's, another account's public
         address) is looked up everywhere: one holder is a sure answer; among several, those of
         `account_id` come first, and the answer is marked ambiguous."""
+        sure = self._sure.get(ip)
+        if sure is not None:
+            return sure
         holders = self._by_address.get(_address_key(ip)) if ip else None
         if not holders:
             return None

@@ -19,7 +19,7 @@ from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from transforms.elements import DEAD_LETTER, DeadLetter, GelfBatch, LogEvent, LogEventBatch
-from transforms.enrichment import EntityLookups
+from transforms.enrichment import Enricher, EntityLookups
 from transforms.gelf import build_message, encode_message
 from transforms.protocols import protocol_name
 
@@ -273,6 +273,17 @@ def flow_log_gelf(
     )
 
 
+def enrich(enricher: Enricher, record: dict) -> dict[str, str]:
+    """The GELF entity fields of a flow log record's addresses, resolved within its VPC / interface."""
+    return enricher.fields(
+        record,
+        ADDRESS_FIELDS,
+        vpc_id=record.get("vpc_id"),
+        interface_id=record.get("interface_id"),
+        account_id=record.get("account_id"),
+    )
+
+
 class FlowLogsToGelf(beam.DoFn):
     """LogEventBatch of flow log lines -> one GelfBatch; lines that do not fit -> DEAD_LETTER.
 
@@ -313,17 +324,10 @@ class FlowLogsToGelf(beam.DoFn):
         for event in batch.events:
             try:
                 record = parse_flow_log(event.message, fmt)
+                message = flow_log_gelf(record, event, batch, source, stream)
                 if enricher is not None:
-                    record.update(
-                        enricher.fields(
-                            record,
-                            ADDRESS_FIELDS,
-                            vpc_id=record.get("vpc_id"),
-                            interface_id=record.get("interface_id"),
-                            account_id=record.get("account_id"),
-                        )
-                    )
-                payloads.append(encode_message(flow_log_gelf(record, event, batch, source, stream)))
+                    message.update(enrich(enricher, record))
+                payloads.append(encode_message(message))
             except ValueError as err:  # FlowLogParseError, or a value GELF encoding refused
                 errors += 1
                 yield beam.pvalue.TaggedOutput(
