@@ -30,7 +30,7 @@ from transforms.enrichment import EntityLookups, EntityOptions, lookup_config_fr
 from transforms.gelf import GelfOptions, WriteToGelf, gelf_config_from_options
 from transforms.s3_listing import ListS3Objects, backfill_range_from_values
 from transforms.s3_notifications import KeyFilter
-from transforms.sqs import resolve_queue_url, sqs_config_from_values
+from transforms.sqs import queue_counts, resolve_queue_url, sqs_config_from_values
 from transforms.sqs_s3 import (
     CloudTrailFormat,
     ObjectSettings,
@@ -80,13 +80,8 @@ class QueueDrained:
         self._empty_since: float | None = None
 
     def __call__(self) -> bool:
-        attributes = self._client.get_queue_attributes(
-            QueueUrl=self._queue_url,
-            AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
-        )["Attributes"]
-        empty = all(int(attributes.get(name, 0)) == 0 for name in attributes)
         now = time.monotonic()
-        if not empty:
+        if queue_counts(self._client, self._queue_url) != (0, 0):
             self._empty_since = None
             return False
         if self._empty_since is None:

@@ -26,6 +26,7 @@ import boto3
 
 from pipelines.gelf_receiver import GelfReceiver
 from pipelines.sample_data import create_flow_log_stream, deliver_through_cloudwatch, flow_log_lines
+from transforms.sqs import queue_counts
 
 REGION = "us-east-1"
 STREAM = "demo-flowlogs"
@@ -82,6 +83,32 @@ def _progress(receiver: GelfReceiver, expected: int, done: threading.Event) -> N
             last = count
 
 
+def _use_emulator_credentials() -> None:
+    """Test keys for the local emulator; a profile from ~/.aws must not send the demo to AWS."""
+    for key, value in (("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing")):
+        os.environ.setdefault(key, value)
+    os.environ.pop("AWS_PROFILE", None)
+
+
+def _run_showing_progress(
+    run_pipeline: Callable[[list[str]], int], args: list[str], receiver: GelfReceiver, expected: int
+) -> int:
+    """Runs the pipeline while printing what the receiver got; waits briefly for the last messages."""
+    done = threading.Event()
+    progress = threading.Thread(target=_progress, args=(receiver, expected, done), daemon=True)
+    progress.start()
+    started = time.monotonic()
+    try:
+        status = run_pipeline(args)
+        deadline = time.monotonic() + 3
+        while receiver.count < expected and time.monotonic() < deadline:
+            time.sleep(0.1)
+    finally:
+        done.set()
+    print(f"Pipeline finished in {time.monotonic() - started:.1f} s.")
+    return status
+
+
 def _summary(messages: list[dict], expected: int, dead_letter_dir: Path) -> None:
     from transforms.deadletter import read_dead_letters
 
@@ -101,9 +128,7 @@ def _summary(messages: list[dict], expected: int, dead_letter_dir: Path) -> None
 
 
 def run_demo(extra_args: list[str], run_pipeline: Callable[[list[str]], int]) -> int:
-    for key, value in (("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing")):
-        os.environ.setdefault(key, value)
-    os.environ.pop("AWS_PROFILE", None)
+    _use_emulator_credentials()
     workdir = Path(tempfile.mkdtemp(prefix="aws-gelf-demo-"))
     dead_letter_dir = workdir / "dead-letter"
     print(
@@ -112,7 +137,6 @@ def run_demo(extra_args: list[str], run_pipeline: Callable[[list[str]], int]) ->
     moto = MotoServer(workdir)
     receiver = GelfReceiver(protocol="udp", host="127.0.0.1", port=0)
     receiver.start()
-    done = threading.Event()
     try:
         session = boto3.Session(region_name=REGION)
         kinesis = session.client("kinesis", endpoint_url=moto.url)
@@ -138,19 +162,10 @@ def run_demo(extra_args: list[str], run_pipeline: Callable[[list[str]], int]) ->
             f"--dead_letter_path={dead_letter_dir}",
             *extra_args,
         ]
-        progress = threading.Thread(target=_progress, args=(receiver, EVENTS, done), daemon=True)
-        progress.start()
-        started = time.monotonic()
-        status = run_pipeline(args)
-        deadline = time.monotonic() + 3
-        while receiver.count < EVENTS and time.monotonic() < deadline:
-            time.sleep(0.1)
-        done.set()
-        print(f"Pipeline finished in {time.monotonic() - started:.1f} s.")
+        status = _run_showing_progress(run_pipeline, args, receiver, EVENTS)
         _summary(receiver.messages, EVENTS, dead_letter_dir)
         return status
     finally:
-        done.set()
         receiver.stop()
         moto.stop()
 
@@ -198,9 +213,7 @@ def run_cloudtrail_demo(extra_args: list[str], run_pipeline: Callable[[list[str]
         subscribe_queue_to_topic,
     )
 
-    for key, value in (("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing")):
-        os.environ.setdefault(key, value)
-    os.environ.pop("AWS_PROFILE", None)
+    _use_emulator_credentials()
     workdir = Path(tempfile.mkdtemp(prefix="aws-gelf-demo-cloudtrail-"))
     dead_letter_dir = workdir / "dead-letter"
     expected = CLOUDTRAIL_FILES * CLOUDTRAIL_RECORDS_PER_FILE
@@ -211,7 +224,6 @@ def run_cloudtrail_demo(extra_args: list[str], run_pipeline: Callable[[list[str]
     moto = MotoServer(workdir)
     receiver = GelfReceiver(protocol="tcp", host="127.0.0.1", port=0)
     receiver.start()
-    done = threading.Event()
     try:
         session = boto3.Session(region_name=REGION)
         s3 = session.client("s3", endpoint_url=moto.url)
@@ -245,26 +257,11 @@ def run_cloudtrail_demo(extra_args: list[str], run_pipeline: Callable[[list[str]
             f"--dead_letter_path={dead_letter_dir}",
             *extra_args,
         ]
-        progress = threading.Thread(target=_progress, args=(receiver, expected, done), daemon=True)
-        progress.start()
-        started = time.monotonic()
-        status = run_pipeline(args)
-        deadline = time.monotonic() + 3
-        while receiver.count < expected and time.monotonic() < deadline:
-            time.sleep(0.1)
-        done.set()
-        left = sqs.get_queue_attributes(
-            QueueUrl=queue_url,
-            AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
-        )["Attributes"]
-        print(f"Pipeline finished in {time.monotonic() - started:.1f} s.")
-        print(
-            f"Messages left in the queue: {left['ApproximateNumberOfMessages']} visible, "
-            f"{left['ApproximateNumberOfMessagesNotVisible']} in flight."
-        )
+        status = _run_showing_progress(run_pipeline, args, receiver, expected)
+        visible, in_flight = queue_counts(sqs, queue_url)
+        print(f"Messages left in the queue: {visible} visible, {in_flight} in flight.")
         _cloudtrail_summary(receiver.messages, expected, dead_letter_dir)
         return status
     finally:
-        done.set()
         receiver.stop()
         moto.stop()

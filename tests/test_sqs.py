@@ -23,6 +23,7 @@ from transforms.sqs import (
     SqsRestriction,
     delete_messages,
     extend_visibility,
+    queue_counts,
     resolve_queue_url,
     sqs_config_from_values,
 )
@@ -61,16 +62,6 @@ def receive_all(client, queue_url: str, expected: int, timeout: float = 20.0) ->
         for message in response.get("Messages", []):
             received[message["MessageId"]] = message
     return list(received.values())
-
-
-def queue_counts(client, queue_url: str) -> tuple[int, int]:
-    attributes = client.get_queue_attributes(
-        QueueUrl=queue_url,
-        AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
-    )["Attributes"]
-    return int(attributes["ApproximateNumberOfMessages"]), int(
-        attributes["ApproximateNumberOfMessagesNotVisible"]
-    )
 
 
 class AppendToFile(beam.DoFn):

@@ -157,6 +157,18 @@ def extend_visibility(client, queue_url: str, receipt_handle: str, seconds: int)
     )
 
 
+def queue_counts(client, queue_url: str) -> tuple[int, int]:
+    """(visible, in flight): ApproximateNumberOfMessages and ApproximateNumberOfMessagesNotVisible."""
+    attributes = client.get_queue_attributes(
+        QueueUrl=queue_url,
+        AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
+    )["Attributes"]
+    return (
+        int(attributes.get("ApproximateNumberOfMessages", 0)),
+        int(attributes.get("ApproximateNumberOfMessagesNotVisible", 0)),
+    )
+
+
 class DeleteResult(NamedTuple):
     deleted: int
     failed: int
@@ -414,16 +426,13 @@ class _PollQueueFn(beam.DoFn, SqsRestrictionProvider):
 
     def _nothing_in_flight(self) -> bool:
         """A bounded reader ends only once no message it received is still in flight: on Flink the
-        deletes wait for a checkpoint, and the job must not finish before them. SQS itself is asked
-        (ApproximateNumberOfMessagesNotVisible), since the step that deletes may run elsewhere."""
+        deletes wait for a checkpoint, and the job must not finish before them. SQS itself is asked,
+        since the step that deletes may run elsewhere."""
         try:
-            attributes = self._client.get_queue_attributes(
-                QueueUrl=self._config.queue_url, AttributeNames=["ApproximateNumberOfMessagesNotVisible"]
-            )["Attributes"]
+            _, in_flight = queue_counts(self._client, self._config.queue_url)
         except (ClientError, ConnectionError, HTTPClientError) as error:
             _LOG.warning("SQS %s: cannot count in-flight messages (%s)", self._config.queue_url, error)
             return True
-        in_flight = int(attributes.get("ApproximateNumberOfMessagesNotVisible", 0))
         if in_flight:
             _LOG.info("SQS %s: idle, waiting for %d in-flight messages", self._config.queue_url, in_flight)
         return in_flight == 0

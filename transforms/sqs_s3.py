@@ -31,7 +31,7 @@ from apache_beam.pvalue import TaggedOutput
 from botocore.exceptions import BotoCoreError, ClientError
 
 from transforms.aws import AwsConfig
-from transforms.cloudtrail import DEFAULT_SOURCE, CloudTrailFileError, cloudtrail_gelf, iter_records
+from transforms.cloudtrail import DEFAULT_SOURCE, cloudtrail_gelf, iter_records
 from transforms.elements import DEAD_LETTER, DeadLetter, SourceCoordinates
 from transforms.enrichment import Enricher, EntityLookups
 from transforms.gelf import encode_message
@@ -557,7 +557,7 @@ def _failure_reason(obj: S3Object, error: Exception) -> str:
     if isinstance(error, ClientError):
         code = error.response.get("Error", {}).get("Code", "")
         return f"{s3_uri(obj)}: cannot get the object ({code or error})"
-    if isinstance(error, CloudTrailFileError | ValueError):
+    if isinstance(error, ValueError):  # CloudTrailFileError and other parse errors
         return f"{s3_uri(obj)}: {error}"
     return f"{s3_uri(obj)}: reading failed ({type(error).__name__}: {error})"
 
