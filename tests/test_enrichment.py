@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
@@ -11,8 +12,9 @@ from pipelines.sample_data import create_flow_log_stream, deliver_through_cloudw
 from tests.conftest import REGION, NodeReceiver, aws_client
 from tests.test_pipelines import LOG_GROUP, STREAM, pipeline_args, run_cli
 from transforms.aws import AwsConfig
-from transforms.enrichment import InventoryRefresher, LookupConfig, lookup_config_from_options
+from transforms.enrichment import Enricher, InventoryRefresher, LookupConfig, lookup_config_from_options
 from transforms.entities import Entity, Inventory
+from transforms.gelf import encode_message
 
 AWS = AwsConfig(region=REGION)
 
@@ -81,6 +83,53 @@ def test_lookups_are_off_by_default_and_default_to_the_pipeline_region():
     assert lookup_config_from_options(PipelineOptions([]), AWS) is None
     config = lookup_config_from_options(PipelineOptions(["--entity_lookups", "--lookup_tags=Team, Env"]), AWS)
     assert config.regions == (REGION,) and config.tag_keys == ("Team", "Env")
+
+
+def web_in(vpc: str, index: int, address: str = "10.0.1.10") -> Entity:
+    return Entity(
+        entity=f"ec2:i-{index}",
+        aws_type="EC2",
+        name=f"web-{index}",
+        vpc_id=vpc,
+        account_id="111122223333",
+        interface_id=f"eni-{index}",
+        addresses=(address,),
+    )
+
+
+def as_message(encoded: bytes) -> dict:
+    return json.loads(encode_message({"version": "1.1"}, encoded))
+
+
+def test_encoded_fields_are_the_fields_a_message_would_get():
+    enricher = Enricher(Inventory([web_in("vpc-a", 1), web_in("vpc-a", 2, "10.0.1.11")]), ("Team",))
+    record = {"src_addr": "10.0.1.10", "dst_addr": "10.0.1.11", "interface_id": "eni-1"}
+    expected = {"version": "1.1"} | enricher.fields(record, ("src_addr", "dst_addr"), interface_id="eni-1")
+    assert expected["_src_addr_entity"] == "ec2:i-1" and expected["_dst_addr_entity_name"] == "web-2"
+    for _ in range(2):  # worked out, then remembered
+        assert as_message(enricher.encoded(record, ("src_addr", "dst_addr"))) == expected
+    assert enricher.enriched == 2 + 4
+
+
+def test_an_address_in_two_vpcs_is_answered_per_record_scope_even_when_remembered():
+    enricher = Enricher(Inventory([web_in("vpc-a", 1), web_in("vpc-b", 2)]))
+    seen_from = {"eni-1": "ec2:i-1", "eni-2": "ec2:i-2"}
+    for _ in range(3):
+        for interface, entity in seen_from.items():
+            record = {"dst_addr": "10.0.1.10", "interface_id": interface}
+            message = as_message(enricher.encoded(record, ("dst_addr",)))
+            assert message["_dst_addr_entity"] == entity and "_dst_addr_entity_ambiguous" not in message
+    unscoped = as_message(enricher.encoded({"dst_addr": "10.0.1.10"}, ("dst_addr",)))
+    assert unscoped["_dst_addr_entity_ambiguous"] == "true"
+
+
+def test_addresses_outside_the_inventory_get_nothing_and_the_memo_stays_bounded():
+    enricher = Enricher(Inventory([web_in("vpc-a", 1)]), max_memo=50)
+    for index in range(200):
+        assert enricher.encoded({"src_addr": f"52.0.0.{index}"}, ("src_addr",)) == b""
+    assert len(enricher.memo) == 50
+    assert Enricher(None).encoded({"src_addr": "10.0.1.10"}, ("src_addr",)) == b""
+    assert enricher.encoded({"src_addr": "10.0.1.10"}, ("src_addr",)) != b"", "still answered past the bound"
 
 
 def two_vpcs_with_the_same_address(ec2) -> list[dict]:

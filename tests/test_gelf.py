@@ -42,6 +42,7 @@ from transforms.gelf import (
     build_message,
     chunk,
     compress,
+    encode_fields,
     encode_message,
     gelf_config_from_options,
     oversize_reason,
@@ -771,3 +772,11 @@ def test_python_receiver_counts_garbage_as_errors():
         while receiver.errors < 1 and time.monotonic() < deadline:
             time.sleep(0.02)
         assert receiver.errors == 1 and receiver.messages == [{"short_message": "ok", "host": "h"}]
+
+
+def test_fields_encoded_once_join_a_message_as_if_it_had_them():
+    extra = {"_src_addr_entity": "ec2:i-1", "_src_addr_entity_name": "wëb"}
+    message = build_message("hello", "h", 1.5, {"a": 1})
+    joined = encode_message(message, encode_fields(extra))
+    assert json.loads(joined) == message | extra
+    assert encode_fields({}) == b"" and encode_message(message, b"") == encode_message(message)

@@ -24,8 +24,8 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.utils.shared import Shared
 
 from transforms.aws import AwsConfig
-from transforms.entities import Inventory, collect_inventory, entity_fields
-from transforms.gelf import field_key
+from transforms.entities import Inventory, Lookup, collect_inventory, entity_fields
+from transforms.gelf import encode_fields, field_key
 
 _LOG = logging.getLogger(__name__)
 
@@ -205,14 +205,30 @@ def _collect(config: LookupConfig) -> Inventory:
 class Enricher:
     """Adds `<field>_entity*` fields for the address fields of one record, from one inventory.
 
-    The fields come keyed as GELF stores them (`_src_addr_entity`), so they can be added to a built
-    message as they are (`field_key` maps such a key to itself if they go through `build_message`).
-    They are worked out once per address field and entity, and reused while the inventory is."""
+    `fields` gives them keyed as GELF stores them (`_src_addr_entity`), to add to a built message;
+    `encoded` gives them already encoded, for `encode_message(message, encoded_fields)`. Both are
+    worked out once per address field and entity, and reused while the inventory is: the per-record
+    cost is a dictionary lookup per address."""
 
     inventory: Inventory | None
     tag_keys: Sequence[str] = ()
     memo: dict = field(default_factory=dict)
     enriched: int = 0
+    #: Answers remembered at most (addresses outside the inventory, the Internet's, are unbounded).
+    max_memo: int = 100_000
+
+    def _known(self, name: str, lookup: Lookup) -> tuple[dict[str, str], bytes]:
+        """The fields of `name` naming `lookup`'s entity, as GELF-keyed values and encoded."""
+        key = (name, id(lookup.entity), lookup.ambiguous)  # entities live as long as the memo
+        known = self.memo.get(key)
+        if known is None:
+            fields = {
+                field_key(field_name): value
+                for field_name, value in entity_fields(name, lookup, self.tag_keys).items()
+                if not value.isspace()
+            }
+            known = self.memo[key] = (fields, encode_fields(fields))
+        return known
 
     def fields(
         self,
@@ -227,25 +243,59 @@ class Enricher:
         if inventory is None:
             return {}
         added: dict[str, str] = {}
-        memo = self.memo
         for name in address_fields:
             address = record.get(name)
             if not address or type(address) is not str:
                 continue
             lookup = inventory.lookup(address, vpc_id, interface_id, account_id)
-            if lookup is None:
-                continue
-            key = (name, id(lookup.entity), lookup.ambiguous)  # entities live as long as the memo
-            fields = memo.get(key)
-            if fields is None:
-                fields = memo[key] = {
-                    field_key(field_name): value
-                    for field_name, value in entity_fields(name, lookup, self.tag_keys).items()
-                    if not value.isspace()
-                }
-            added.update(fields)
-            self.enriched += 1
+            if lookup is not None:
+                added.update(self._known(name, lookup)[0])
+                self.enriched += 1
         return added
+
+    def _scoped(self, inventory: Inventory, name: str, address: str, record: Mapping[str, object]) -> bytes:
+        """`encoded`'s answer for an address it has not seen, or that several entities hold: then the
+        answer depends on where the record was seen from, and is remembered with that scope."""
+        scope = (record.get("interface_id"), record.get("vpc_id"), record.get("account_id"))
+        memo = self.memo
+        fragment = memo.get((name, address, scope))
+        if fragment is not None:
+            return fragment
+        lookup = inventory.lookup(address, scope[1], scope[0], scope[2])
+        if lookup is None:
+            fragment, key = b"", (name, address)
+        else:
+            fragment = self._known(name, lookup)[1]
+            key = (name, address) if inventory.sure(address) is lookup else (name, address, scope)
+        if len(memo) < self.max_memo:
+            memo[key] = fragment
+        return fragment
+
+    def encoded(self, record: Mapping[str, object], address_fields: Sequence[str]) -> bytes:
+        """The entity fields of `record`'s addresses encoded for `encode_message`, resolved within the
+        record's own `interface_id` / `vpc_id` / `account_id` fields (a flow log record's names).
+
+        Called for every flow log record, so answers are remembered as encoded fields: by address when
+        one entity or none holds it, by address and the record's scope when several do."""
+        inventory = self.inventory
+        if inventory is None:
+            return b""
+        memo = self.memo
+        encoded = b""
+        enriched = 0
+        for name in address_fields:
+            address = record.get(name)
+            if not address or type(address) is not str:
+                continue
+            fragment = memo.get((name, address))
+            if fragment is None:
+                fragment = self._scoped(inventory, name, address, record)
+            if not fragment:
+                continue
+            encoded += fragment
+            enriched += 1
+        self.enriched += enriched
+        return encoded
 
 
 class EntityLookups:

@@ -367,6 +367,10 @@ class Inventory:
         """The number of addresses known."""
         return len(self._by_address)
 
+    def sure(self, ip: str) -> Lookup | None:
+        """The entity of an address only one entity holds, whatever the record: None otherwise."""
+        return self._sure.get(ip)
+
     def vpc_of_interface(self, interface_id: str) -> str | None:
         return self._vpc_of_interface.get(interface_id)
 

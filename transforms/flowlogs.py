@@ -19,7 +19,7 @@ from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from transforms.elements import DEAD_LETTER, DeadLetter, GelfBatch, LogEvent, LogEventBatch
-from transforms.enrichment import Enricher, EntityLookups
+from transforms.enrichment import EntityLookups
 from transforms.gelf import build_message, encode_message
 from transforms.protocols import protocol_name
 
@@ -273,15 +273,10 @@ def flow_log_gelf(
     )
 
 
-def enrich(enricher: Enricher, record: dict) -> dict[str, str]:
-    """The GELF entity fields of a flow log record's addresses, resolved within its VPC / interface."""
-    return enricher.fields(
-        record,
-        ADDRESS_FIELDS,
-        vpc_id=record.get("vpc_id"),
-        interface_id=record.get("interface_id"),
-        account_id=record.get("account_id"),
-    )
+def address_fields(fmt: FlowLogFormat) -> tuple[str, ...]:
+    """The address fields a format has, in the order their entity fields are added."""
+    present = {gelf_name for _, gelf_name, _ in fmt.columns}
+    return tuple(name for name in ADDRESS_FIELDS if name in present)
 
 
 class FlowLogsToGelf(beam.DoFn):
@@ -302,6 +297,7 @@ class FlowLogsToGelf(beam.DoFn):
         `lookups`: add what each address is in the AWS estate (`--entity_lookups`)."""
         # Parsed here so that a bad --flow_log_format fails the pipeline at construction.
         self._format = parse_format(flow_log_format)
+        self._addresses = address_fields(self._format)
         self._source = source or DEFAULT_SOURCE
         self._stream = stream
         self._lookups = lookups
@@ -319,15 +315,17 @@ class FlowLogsToGelf(beam.DoFn):
         source = self._source
         stream = batch.source.stream or self._stream
         enricher = self._lookups.enricher() if self._lookups is not None else None
+        addresses = self._addresses
         payloads: GelfBatch = []
         errors = nodata = skipdata = 0
         for event in batch.events:
             try:
                 record = parse_flow_log(event.message, fmt)
                 message = flow_log_gelf(record, event, batch, source, stream)
-                if enricher is not None:
-                    message.update(enrich(enricher, record))
-                payloads.append(encode_message(message))
+                if enricher is None:
+                    payloads.append(encode_message(message))
+                else:
+                    payloads.append(encode_message(message, enricher.encoded(record, addresses)))
             except ValueError as err:  # FlowLogParseError, or a value GELF encoding refused
                 errors += 1
                 yield beam.pvalue.TaggedOutput(
