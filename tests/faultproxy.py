@@ -1,9 +1,10 @@
-"""A small HTTP proxy in front of a Kinesis emulator that injects the real AWS error responses.
+"""A small HTTP proxy in front of an AWS emulator that injects the real AWS error responses.
 
 moto and kinesalite never throttle and moto never expires iterators, so the reader's back-off and
 iterator renewal are exercised by answering some GetRecords calls the way AWS does
 (HTTP 400 with an `__type` error). It also records when each shard was polled, to check the
-per-shard GetRecords rate.
+per-shard GetRecords rate. While `fail_describe` is set, the query-API Describe calls of the entity
+lookups (EC2, ELB, RDS) get EC2's throttling answer (HTTP 503 `RequestLimitExceeded`).
 """
 
 from __future__ import annotations
@@ -16,15 +17,24 @@ import urllib.parse
 from collections import defaultdict
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+THROTTLED_QUERY_CALL = (
+    b'<?xml version="1.0" encoding="UTF-8"?><Response><Errors><Error><Code>RequestLimitExceeded</Code>'
+    b"<Message>Request limit exceeded (injected by the test proxy).</Message></Error></Errors>"
+    b"<RequestID>test</RequestID></Response>"
+)
+
 
 class FaultPolicy:
     """Which GetRecords calls fail: every `throttle_every`-th call, and one expiry per shard after
     `expire_after` successful calls on it."""
 
-    def __init__(self, throttle_every: int = 0, expire_after: int = 0, throttle_first: int = 0):
+    def __init__(
+        self, throttle_every: int = 0, expire_after: int = 0, throttle_first: int = 0, fail_describe=False
+    ):
         self.throttle_every = throttle_every
         self.expire_after = expire_after
         self.throttle_first = throttle_first
+        self.fail_describe = fail_describe  # may be switched while the proxy runs
 
 
 class KinesisFaultProxy:
@@ -37,6 +47,7 @@ class KinesisFaultProxy:
         self.ok_calls: dict[str, int] = defaultdict(int)
         self.expired: set[str] = set()
         self.calls = 0
+        self.describe_calls = 0
         self.injected: dict[str, int] = defaultdict(int)
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
@@ -89,6 +100,14 @@ class KinesisFaultProxy:
                     request = json.loads(raw) if raw else {}
                 except ValueError:
                     request = {}
+                if b"Action=Describe" in raw[:200]:
+                    with proxy.lock:
+                        proxy.describe_calls += 1
+                        failing = proxy.policy.fail_describe
+                        proxy.injected["RequestLimitExceeded"] += failing
+                    if failing:
+                        self._reply(503, THROTTLED_QUERY_CALL, {"Content-Type": "text/xml"})
+                        return
                 fault = proxy._decide(target, request)
                 if fault:
                     with proxy.lock:

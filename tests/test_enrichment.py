@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import json
+import signal
+import threading
 import time
 
 import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipelines.sample_data import create_flow_log_stream, deliver_through_cloudwatch
+from pipelines.sample_data import ACCOUNT, create_flow_log_stream, deliver_through_cloudwatch
 from tests.conftest import REGION, NodeReceiver, aws_client
-from tests.test_pipelines import LOG_GROUP, STREAM, pipeline_args, run_cli
+from tests.estate import OTHER_REGION, large_estate, network, run
+from tests.faultproxy import FaultPolicy, KinesisFaultProxy
+from tests.test_pipelines import LOG_GROUP, STREAM, pipeline_args, run_cli, start_cli
 from transforms.aws import AwsConfig
 from transforms.enrichment import Enricher, InventoryRefresher, LookupConfig, lookup_config_from_options
 from transforms.entities import Entity, Inventory
@@ -260,3 +264,152 @@ def test_cloudtrail_source_addresses_are_enriched(moto, subprocess_env, tmp_path
     assert either["_source_address_entity_ambiguous"] == "true", "never mis-labelled silently"
     for record in records[2:]:
         assert not any(key.startswith("_source_address_entity") for key in messages[record["eventID"]])
+
+
+def flow_line(interface: str, source: str, destination: str) -> str:
+    return (
+        f"2 {ACCOUNT} {interface} {source} {destination} 443 50000 6 10 840 1700000000 1700000060 ACCEPT OK"
+    )
+
+
+@pytest.mark.slow
+def test_every_address_of_twelve_hundred_instances_in_two_regions_is_enriched(
+    moto, subprocess_env, tmp_path, capsys
+):
+    """One flow log record from every address of tests/estate.py's 1,200 instances and 120 Lambda
+    interfaces, each seen from its own interface: each is resolved to its holder in its own VPC."""
+    estate = large_estate(moto)
+    kinesis, logs = aws_client("kinesis", moto), aws_client("logs", moto)
+    create_flow_log_stream(kinesis, logs, STREAM, LOG_GROUP, shards=2)
+    lines = [flow_line(interface, address, "8.8.8.8") for interface, _, address in estate.addresses]
+    deliver_through_cloudwatch(logs, LOG_GROUP, lines)
+    receiver = NodeReceiver(tmp_path, "tcp")
+    try:
+        args = pipeline_args(moto, receiver.port, tmp_path / "dl", "--stop_at_latest", "--gelf_protocol=tcp")
+        started = time.monotonic()
+        lookups = ["--entity_lookups", f"--lookup_regions={REGION},{OTHER_REGION}"]
+        result = run_cli("flowlogs", [*args, *lookups], subprocess_env)
+        seconds = time.monotonic() - started
+        messages = receiver.wait_for(len(lines))
+    finally:
+        receiver.stop()
+
+    assert result.returncode == 0, result.stderr[-3000:]
+    by_record = {(m["_interface_id"], m["_src_addr"]): m for m in messages}
+    assert len(messages) == len(by_record) == len(lines) == 1920
+    ambiguous = 0
+    for interface, vpc, address in estate.addresses:
+        message = by_record[(interface, address)]
+        sharing = estate.sharing(vpc, address)
+        assert message["_src_addr_entity"] in {estate.owners[i] for i in sharing}, (address, message)
+        assert message["_src_addr_entity_vpc_id"] == vpc, "resolved within the record's own VPC"
+        assert message["_src_addr_entity_account_id"] == ACCOUNT
+        if estate.owners[interface].startswith("ec2:"):
+            assert message["_src_addr_entity_aws_type"] == "EC2"
+        assert ("_src_addr_entity_ambiguous" in message) == (len(sharing) > 1)
+        ambiguous += len(sharing) > 1
+        assert not any(key.startswith("_dst_addr_entity") for key in message), "8.8.8.8 is not ours"
+    assert "entities/addresses_enriched=1920" in result.stderr
+    with capsys.disabled():
+        print(
+            f"\n  {len(lines)} records enriched from {len(estate.owners)} interfaces in two regions "
+            f"({len(estate.in_both_vpcs())} addresses in both VPCs, {ambiguous} drawn twice within a VPC "
+            f"by moto), pipeline {seconds:.1f} s"
+        )
+
+
+class OutputLines:
+    """A process's output lines, read as they come."""
+
+    def __init__(self, stream):
+        self.lines: list[str] = []
+        self._thread = threading.Thread(target=self._read, args=(stream,), daemon=True)
+        self._thread.start()
+
+    def _read(self, stream) -> None:
+        for line in stream:
+            self.lines.append(line)
+
+    def wait_for(self, text: str, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if any(text in line for line in self.lines):
+                return True
+            time.sleep(0.1)
+        return False
+
+
+@pytest.mark.slow
+def test_a_streaming_pipeline_picks_up_new_entities_and_rides_out_failed_refreshes(
+    moto, subprocess_env, tmp_path, capsys
+):
+    """Streaming, refreshing every 5 s, with the Describe calls going through a proxy that can make
+    them fail: an instance created while the pipeline runs is named after the next refresh; while the
+    refreshes fail, records are still enriched from the last inventory and keep flowing; once AWS
+    answers again, changes show."""
+    ec2 = aws_client("ec2", moto)
+    _, subnet = network(ec2)
+    (web,) = run(ec2, subnet, "10.0.1.10", "web")
+    eni = web["NetworkInterfaces"][0]["NetworkInterfaceId"]
+    kinesis, logs = aws_client("kinesis", moto), aws_client("logs", moto)
+    create_flow_log_stream(kinesis, logs, STREAM, LOG_GROUP, shards=1)
+    receiver = NodeReceiver(tmp_path, "tcp")
+    probes = 0
+
+    def destination_entity(timeout: float = 30) -> str | None:
+        """Sends web → 10.0.1.99 and returns the destination's name in the message that arrives."""
+        nonlocal probes
+        probes += 1
+        line = flow_line(eni, "10.0.1.10", "10.0.1.99")
+        deliver_through_cloudwatch(logs, LOG_GROUP, [line], log_stream=f"probe-{probes}")
+        messages = receiver.wait_for(probes, timeout=timeout)
+        assert len(messages) == probes, "the pipeline goes on"
+        message = messages[-1]
+        assert message["_src_addr_entity_name"] == "web"
+        return message.get("_dst_addr_entity_name")
+
+    def first_change(expected: str, timeout: float) -> float:
+        started = time.monotonic()
+        while time.monotonic() - started < timeout:
+            if destination_entity() == expected:
+                return time.monotonic() - started
+            time.sleep(0.5)
+        pytest.fail(f"10.0.1.99 was not named {expected!r} within {timeout} s")
+
+    with KinesisFaultProxy(moto, FaultPolicy()) as proxy:
+        args = pipeline_args(proxy.url, receiver.port, tmp_path / "dl", "--gelf_protocol=tcp")
+        lookups = ["--entity_lookups", "--lookup_refresh_seconds=5"]
+        proc = start_cli("flowlogs", [*args, *lookups], subprocess_env)
+        output = OutputLines(proc.stdout)
+        try:
+            assert destination_entity(timeout=90) is None, "10.0.1.99 is nobody yet"
+
+            (late,) = run(ec2, subnet, "10.0.1.99", "late")
+            picked_up = first_change("late", timeout=30)
+
+            proxy.policy.fail_describe = True
+            ec2.create_tags(Resources=[late["InstanceId"]], Tags=[{"Key": "Name", "Value": "renamed"}])
+            assert output.wait_for("Entity inventory refresh failed", timeout=60), "".join(output.lines)
+            during_failures = [destination_entity() for _ in range(3)]
+            assert during_failures == ["late"] * 3, "the last inventory is kept"
+            failed_calls = proxy.injected["RequestLimitExceeded"]
+
+            proxy.policy.fail_describe = False
+            recovered = first_change("renamed", timeout=60)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=30)
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+                receiver.stop()
+    assert proc.returncode == 0, "".join(output.lines[-50:])
+    log = "".join(output.lines)
+    assert "keeping the previous one" in log and "RequestLimitExceeded" in log
+    with capsys.disabled():
+        print(
+            f"\n  new instance named {picked_up:.1f} s after it was created; {failed_calls} Describe calls "
+            f"refused, records still enriched; change seen {recovered:.1f} s after AWS answered again; "
+            f"{probes} records"
+        )

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import time
 import tracemalloc
-from collections import Counter, defaultdict
+from collections import Counter
 from dataclasses import dataclass, field
 
 import boto3
@@ -15,6 +15,7 @@ from botocore.exceptions import ClientError
 from botocore.stub import Stubber
 
 from tests.conftest import REGION, aws_client
+from tests.estate import LAMBDA_UUID, OTHER_REGION, fake_eni, large_estate, network, run
 from transforms.aws import AwsConfig
 from transforms.entities import (
     REQUIRED_PERMISSIONS,
@@ -33,11 +34,8 @@ from transforms.entities import (
     iam_policy,
 )
 
-OTHER_REGION = "eu-west-1"
 ACCOUNT = "123456789012"  # moto's default account
 OTHER_ACCOUNT = "210987654321"
-AMI = "ami-12c6146b"
-LAMBDA_UUID = "4a1b2c3d-5e6f-4a7b-8c9d-0e1f2a3b4c5d"
 
 
 def aws_config(endpoint: str) -> AwsConfig:
@@ -549,35 +547,6 @@ def test_iam_policy_is_least_privilege():
 # --- against moto ---------------------------------------------------------------------------------
 
 
-def network(ec2, subnet_cidr: str = "10.0.0.0/16", public: bool = False) -> tuple[str, str]:
-    """A VPC 10.0.0.0/16 and one subnet in zone a."""
-    vpc = ec2.create_vpc(CidrBlock="10.0.0.0/16")["Vpc"]["VpcId"]
-    zone = f"{ec2.meta.region_name}a"
-    subnet = ec2.create_subnet(VpcId=vpc, CidrBlock=subnet_cidr, AvailabilityZone=zone)["Subnet"]
-    if public:
-        ec2.modify_subnet_attribute(SubnetId=subnet["SubnetId"], MapPublicIpOnLaunch={"Value": True})
-    return vpc, subnet["SubnetId"]
-
-
-def run(
-    ec2, subnet: str, ip: str | None = None, name: str | None = None, count: int = 1, **extra
-) -> list[dict]:
-    kwargs = {"ImageId": AMI, "MinCount": count, "MaxCount": count, "SubnetId": subnet, **extra}
-    if ip:
-        kwargs["PrivateIpAddress"] = ip
-    if name:
-        kwargs["TagSpecifications"] = [{"ResourceType": "instance", "Tags": [{"Key": "Name", "Value": name}]}]
-    return ec2.run_instances(**kwargs)["Instances"]
-
-
-def fake_eni(ec2, subnet: str, description: str, ip: str, groups: list[str] | None = None) -> str:
-    """The interface AWS would have made for a load balancer or database (moto makes none)."""
-    kwargs = {"SubnetId": subnet, "Description": description, "PrivateIpAddress": ip}
-    if groups:
-        kwargs["Groups"] = groups
-    return ec2.create_network_interface(**kwargs)["NetworkInterface"]["NetworkInterfaceId"]
-
-
 @dataclass
 class Estate:
     """What a moto test created, to compare the inventory with."""
@@ -890,62 +859,34 @@ def test_other_errors_raise():
 
 @pytest.mark.slow
 def test_twelve_hundred_instances_in_two_regions_all_resolve(moto, capsys):
-    """600 instances (RunInstances in batches of 100) and 60 extra ENIs in each of two regions, one of
-    them with public addresses; every address resolves to its holder within its VPC."""
+    """1,200 instances and 120 Lambda ENIs in two regions (tests/estate.py), read in pages of 25:
+    every address resolves to its holder within its VPC."""
+    estate = large_estate(moto)
+    aws = CountingAws(region=REGION, endpoint_url=moto, access_key_id="testing", secret_access_key="testing")
     started = time.perf_counter()
-    holders: dict[tuple[str, str], set[str]] = defaultdict(set)  # (vpc, address) -> interfaces
-    owners: dict[str, str] = {}  # interface -> the entity it should resolve to
-    addresses: list[tuple[str, str, str]] = []  # (interface, vpc, address)
-    for region, public in ((REGION, True), (OTHER_REGION, False)):
-        ec2 = boto3.client(
-            "ec2",
-            region_name=region,
-            endpoint_url=moto,
-            aws_access_key_id="testing",
-            aws_secret_access_key="testing",
-        )
-        vpc, subnet = network(ec2, public=public)
-        for _ in range(6):
-            run(ec2, subnet, count=100)
-        for n in range(60):
-            fake_eni(ec2, subnet, f"AWS Lambda VPC ENI-fn-{n}-{LAMBDA_UUID}", f"10.0.255.{n + 1}")
-        for page in ec2.get_paginator("describe_network_interfaces").paginate():
-            for item in page["NetworkInterfaces"]:
-                interface = item["NetworkInterfaceId"]
-                instance_id = (item.get("Attachment") or {}).get("InstanceId")
-                function = (
-                    item["Description"].removeprefix("AWS Lambda VPC ENI-").removesuffix(f"-{LAMBDA_UUID}")
-                )
-                owners[interface] = f"ec2:{instance_id}" if instance_id else f"lambda:{function}"
-                for address in (item["PrivateIpAddress"], (item.get("Association") or {}).get("PublicIp")):
-                    if address:
-                        holders[(vpc, address)].add(interface)
-                        addresses.append((interface, vpc, address))
-    created = time.perf_counter() - started
-
-    started = time.perf_counter()
-    inventory = collect_inventory(aws_config(moto), [REGION, OTHER_REGION], page_size=1000)
+    inventory = collect_inventory(aws, [REGION, OTHER_REGION], page_size=25)
     collected = time.perf_counter() - started
+    # 60 reservations a region in pages of 25: all instances are only found by following the pages.
+    # (moto answers DescribeNetworkInterfaces in one page whatever MaxResults; its paging is proven
+    # against botocore's Stubber in test_a_denied_api_is_skipped_with_one_warning_per_refresh.)
+    assert aws.calls["ec2:DescribeInstances"] == 2 * 3, aws.calls
 
-    assert len(owners) == 2 * 660
+    assert len(estate.owners) == 2 * 660
     collisions = 0
-    for interface, vpc, address in addresses:
+    for interface, vpc, address in estate.addresses:
         found = inventory.lookup(address, interface_id=interface)
-        sharing = holders[(vpc, address)]
+        sharing = estate.sharing(vpc, address)
         assert found.entity.interface_id in sharing, (address, found)
-        assert found.entity.entity == owners[found.entity.interface_id]
-        # moto draws addresses at random and may hand one out twice in a VPC: only then ambiguous.
+        assert found.entity.entity == estate.owners[found.entity.interface_id]
         assert found.ambiguous == (len(sharing) > 1), (address, sharing)
         collisions += len(sharing) > 1
-    # Both VPCs use 10.0.0.0/16: an address held in both is ambiguous without the record's VPC.
-    vpcs_of: dict[str, set[str]] = defaultdict(set)
-    for _, vpc, address in addresses:
-        vpcs_of[address].add(vpc)
-    overlapping = [address for address, vpcs in vpcs_of.items() if len(vpcs) > 1]
+    overlapping = estate.in_both_vpcs()
     assert all(inventory.lookup(address).ambiguous for address in overlapping)
     with capsys.disabled():
         print(
-            f"\n  moto: {len(addresses)} addresses of {len(owners)} interfaces created in {created:.1f} s, "
-            f"collected in {collected:.1f} s; {inventory.size} distinct addresses, {len(overlapping)} "
-            f"in both VPCs, {collisions} drawn twice within a VPC by moto"
+            f"\n  moto: {len(estate.addresses)} addresses of {len(estate.owners)} interfaces created in "
+            f"{estate.seconds:.1f} s, collected in {collected:.1f} s; {inventory.size} distinct addresses, "
+            f"{len(overlapping)} in both VPCs, {collisions} drawn twice within a VPC by moto; "
+            f"{aws.calls['ec2:DescribeInstances']} DescribeInstances and "
+            f"{aws.calls['ec2:DescribeNetworkInterfaces']} DescribeNetworkInterfaces calls"
         )
