@@ -339,6 +339,36 @@ class OutputLines:
         return False
 
 
+class DestinationProbe:
+    """Sends a record from the instance `web` (named "web") to 10.0.1.99 through CloudWatch Logs, and
+    reads what its message says 10.0.1.99 is."""
+
+    def __init__(self, logs, receiver: NodeReceiver, web: dict):
+        self.logs = logs
+        self.receiver = receiver
+        self.interface = web["NetworkInterfaces"][0]["NetworkInterfaceId"]
+        self.sent = 0
+
+    def name(self, timeout: float = 30) -> str | None:
+        self.sent += 1
+        line = flow_line(self.interface, "10.0.1.10", "10.0.1.99")
+        deliver_through_cloudwatch(self.logs, LOG_GROUP, [line], log_stream=f"probe-{self.sent}")
+        messages = self.receiver.wait_for(self.sent, timeout=timeout)
+        assert len(messages) == self.sent, "the pipeline goes on"
+        message = messages[-1]
+        assert message["_src_addr_entity_name"] == "web"
+        return message.get("_dst_addr_entity_name")
+
+    def until(self, expected: str, timeout: float) -> float:
+        """Seconds until 10.0.1.99 is named `expected`."""
+        started = time.monotonic()
+        while time.monotonic() - started < timeout:
+            if self.name() == expected:
+                return time.monotonic() - started
+            time.sleep(0.5)
+        pytest.fail(f"10.0.1.99 was not named {expected!r} within {timeout} s")
+
+
 @pytest.mark.slow
 def test_a_streaming_pipeline_picks_up_new_entities_and_rides_out_failed_refreshes(
     moto, subprocess_env, tmp_path, capsys
@@ -350,31 +380,10 @@ def test_a_streaming_pipeline_picks_up_new_entities_and_rides_out_failed_refresh
     ec2 = aws_client("ec2", moto)
     _, subnet = network(ec2)
     (web,) = run(ec2, subnet, "10.0.1.10", "web")
-    eni = web["NetworkInterfaces"][0]["NetworkInterfaceId"]
     kinesis, logs = aws_client("kinesis", moto), aws_client("logs", moto)
     create_flow_log_stream(kinesis, logs, STREAM, LOG_GROUP, shards=1)
     receiver = NodeReceiver(tmp_path, "tcp")
-    probes = 0
-
-    def destination_entity(timeout: float = 30) -> str | None:
-        """Sends web → 10.0.1.99 and returns the destination's name in the message that arrives."""
-        nonlocal probes
-        probes += 1
-        line = flow_line(eni, "10.0.1.10", "10.0.1.99")
-        deliver_through_cloudwatch(logs, LOG_GROUP, [line], log_stream=f"probe-{probes}")
-        messages = receiver.wait_for(probes, timeout=timeout)
-        assert len(messages) == probes, "the pipeline goes on"
-        message = messages[-1]
-        assert message["_src_addr_entity_name"] == "web"
-        return message.get("_dst_addr_entity_name")
-
-    def first_change(expected: str, timeout: float) -> float:
-        started = time.monotonic()
-        while time.monotonic() - started < timeout:
-            if destination_entity() == expected:
-                return time.monotonic() - started
-            time.sleep(0.5)
-        pytest.fail(f"10.0.1.99 was not named {expected!r} within {timeout} s")
+    probe = DestinationProbe(logs, receiver, web)
 
     with KinesisFaultProxy(moto, FaultPolicy()) as proxy:
         args = pipeline_args(proxy.url, receiver.port, tmp_path / "dl", "--gelf_protocol=tcp")
@@ -382,20 +391,20 @@ def test_a_streaming_pipeline_picks_up_new_entities_and_rides_out_failed_refresh
         proc = start_cli("flowlogs", [*args, *lookups], subprocess_env)
         output = OutputLines(proc.stdout)
         try:
-            assert destination_entity(timeout=90) is None, "10.0.1.99 is nobody yet"
+            assert probe.name(timeout=90) is None, "10.0.1.99 is nobody yet"
 
             (late,) = run(ec2, subnet, "10.0.1.99", "late")
-            picked_up = first_change("late", timeout=30)
+            picked_up = probe.until("late", timeout=30)
 
             proxy.policy.fail_describe = True
             ec2.create_tags(Resources=[late["InstanceId"]], Tags=[{"Key": "Name", "Value": "renamed"}])
             assert output.wait_for("Entity inventory refresh failed", timeout=60), "".join(output.lines)
-            during_failures = [destination_entity() for _ in range(3)]
+            during_failures = [probe.name() for _ in range(3)]
             assert during_failures == ["late"] * 3, "the last inventory is kept"
             failed_calls = proxy.injected["RequestLimitExceeded"]
 
             proxy.policy.fail_describe = False
-            recovered = first_change("renamed", timeout=60)
+            recovered = probe.until("renamed", timeout=60)
         finally:
             proc.send_signal(signal.SIGTERM)
             try:
@@ -411,5 +420,5 @@ def test_a_streaming_pipeline_picks_up_new_entities_and_rides_out_failed_refresh
         print(
             f"\n  new instance named {picked_up:.1f} s after it was created; {failed_calls} Describe calls "
             f"refused, records still enriched; change seen {recovered:.1f} s after AWS answered again; "
-            f"{probes} records"
+            f"{probe.sent} records"
         )

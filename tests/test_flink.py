@@ -24,7 +24,9 @@ import pytest
 from flink.cluster import FLINK_MINOR, ClusterConfig, FlinkCluster, fetch_flink, fetch_job_server
 from pipelines.sample_data import create_flow_log_stream, deliver_through_cloudwatch, flow_log_lines
 from tests.conftest import CREDENTIALS, REGION, REPO, NodeReceiver, aws_client, free_port
+from tests.estate import network, run
 from tests.faultproxy import FaultPolicy, KinesisFaultProxy
+from tests.test_enrichment import DestinationProbe, flow_line, two_vpcs_with_the_same_address
 from tests.test_pipelines import LOG_GROUP, STREAM, pipeline_args
 from transforms.deadletter import read_dead_letters
 
@@ -457,3 +459,73 @@ def test_cloudtrail_runs_on_the_cluster_and_deletes_each_message_once_its_record
     assert reading["parallelism"] == 2
     stages = parallelism_by_stage(job)
     print(f"\n{len(messages)} records from {len(files)} files on Flink in {took:.1f} s; stages {stages}")
+
+
+def test_entity_lookups_resolve_on_the_cluster_as_on_the_direct_runner(
+    moto, subprocess_env, flink_cluster, tmp_path
+):
+    """Two VPCs holding the same addresses: each record is resolved within its own VPC, the same on
+    both runners (the inventory is a per-process cache, not runner state)."""
+    instances = two_vpcs_with_the_same_address(aws_client("ec2", moto))
+    kinesis, logs = aws_client("kinesis", moto), aws_client("logs", moto)
+    create_flow_log_stream(kinesis, logs, STREAM, LOG_GROUP, shards=2)
+    lines = [
+        flow_line(instance["NetworkInterfaces"][0]["NetworkInterfaceId"], source, destination)
+        for instance in instances
+        if instance["Name"].endswith("-web")
+        for source, destination in (("10.0.1.10", "10.0.1.20"), ("10.0.1.10", "8.8.8.8"))
+        for _ in range(25)
+    ]
+    deliver_through_cloudwatch(logs, LOG_GROUP, lines, batch_size=10, start_ms=1_795_000_000_000)
+    received = {}
+    for runner, extra in {
+        "direct": [],
+        "flink": flink_cluster.pipeline_args(parallelism=2)
+        + ["--job_name=lookups", "--checkpointing_interval=2000"],
+    }.items():
+        receiver = NodeReceiver(tmp_path, "tcp")
+        try:
+            args = over_tcp(pipeline_args(moto, receiver.port, tmp_path / f"dl-{runner}"))
+            lookups = ["--entity_lookups", "--lookup_tags=Team"]
+            status, output = run_flowlogs(args + ["--stop_at_latest", *lookups] + extra, subprocess_env)
+            assert status == 0, output[-3000:]
+            received[runner] = receiver.wait_for(len(lines), timeout=15)
+        finally:
+            receiver.stop()
+
+    assert len(received["direct"]) == len(lines)
+    assert content(received["flink"]) == content(received["direct"])
+    team_of = {i["NetworkInterfaces"][0]["NetworkInterfaceId"]: i["Team"] for i in instances}
+    for message in received["flink"]:
+        team = team_of[message["_interface_id"]]
+        assert message["_src_addr_entity_name"] == f"{team}-web"
+        assert message["_src_addr_entity_tag_Team"] == team
+        inside = message["_dst_addr"] != "8.8.8.8"
+        assert message.get("_dst_addr_entity_name") == (f"{team}-db" if inside else None)
+    assert stage(flink_job(flink_cluster, "lookups"), "ToGelf")["parallelism"] == 2
+
+
+def test_a_streaming_job_on_the_cluster_picks_up_a_new_instance(
+    moto, subprocess_env, flink_cluster, gelf_tcp, tmp_path
+):
+    ec2 = aws_client("ec2", moto)
+    _, subnet = network(ec2)
+    (web,) = run(ec2, subnet, "10.0.1.10", "web")
+    kinesis, logs = aws_client("kinesis", moto), aws_client("logs", moto)
+    create_flow_log_stream(kinesis, logs, STREAM, LOG_GROUP, shards=2)
+    probe = DestinationProbe(logs, gelf_tcp, web)
+    name = "lookups-streaming"
+    flink = flink_cluster.pipeline_args(parallelism=2) + [f"--job_name={name}"]
+    args = over_tcp(pipeline_args(moto, gelf_tcp.port, tmp_path / "dl"))
+    lookups = ["--entity_lookups", "--lookup_refresh_seconds=5"]
+    with launched(args + lookups + flink, subprocess_env) as cli:
+        wait_for_state(flink_cluster, name, {"RUNNING"}, timeout=120)
+        assert probe.name(timeout=90) is None, "10.0.1.99 is nobody yet"
+        run(ec2, subnet, "10.0.1.99", "late")
+        picked_up = probe.until("late", timeout=40)
+        time.sleep(7)  # every worker process has refreshed by now (5 s ± 10 %)
+        later = [probe.name() for _ in range(6)]
+        status, output = stop(cli)
+        assert status == 0, output[-3000:]
+    assert later == ["late"] * 6, later
+    print(f"\nnew instance named on the cluster {picked_up:.1f} s after it was created")
