@@ -4,7 +4,8 @@ moto and kinesalite never throttle and moto never expires iterators, so the read
 iterator renewal are exercised by answering some GetRecords calls the way AWS does
 (HTTP 400 with an `__type` error). It also records when each shard was polled, to check the
 per-shard GetRecords rate. While `fail_describe` is set, the query-API Describe calls of the entity
-lookups (EC2, ELB, RDS) get EC2's throttling answer (HTTP 503 `RequestLimitExceeded`).
+lookups (EC2, ELB, RDS) get EC2's throttling answer (HTTP 503 `RequestLimitExceeded`). It notes
+which credentials signed each AssumeRole call, to check role chains.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ class KinesisFaultProxy:
         self.expired: set[str] = set()
         self.calls = 0
         self.describe_calls = 0
+        self.assumed: list[tuple[str, str]] = []  # (role ARN, access key id that signed AssumeRole)
         self.injected: dict[str, int] = defaultdict(int)
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
@@ -100,6 +102,11 @@ class KinesisFaultProxy:
                     request = json.loads(raw) if raw else {}
                 except ValueError:
                     request = {}
+                if raw.startswith(b"Action=AssumeRole&"):
+                    role = urllib.parse.parse_qs(raw.decode()).get("RoleArn", ["?"])[0]
+                    signer = self.headers.get("Authorization", "").partition("Credential=")[2].split("/")[0]
+                    with proxy.lock:
+                        proxy.assumed.append((role, signer))
                 if b"Action=Describe" in raw[:200]:
                     with proxy.lock:
                         proxy.describe_calls += 1

@@ -7,7 +7,7 @@ import logging
 import time
 import tracemalloc
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import boto3
 import pytest
@@ -16,6 +16,7 @@ from botocore.stub import Stubber
 
 from tests.conftest import REGION, aws_client
 from tests.estate import LAMBDA_UUID, OTHER_REGION, fake_eni, large_estate, network, run
+from tests.faultproxy import FaultPolicy, KinesisFaultProxy
 from transforms.aws import AwsConfig
 from transforms.entities import (
     REQUIRED_PERMISSIONS,
@@ -711,6 +712,25 @@ def test_every_describe_call_is_paginated(moto):
     assert {e.entity for e in entities} == {f"ec2:{i}" for i in launched}
     assert aws.calls["ec2:DescribeInstances"] == 6  # 30 reservations, 5 a page
     assert aws.calls["elasticloadbalancing:DescribeLoadBalancers"] == 4  # 7 of each kind, 5 a page
+
+
+def test_lookup_roles_are_assumed_through_the_pipelines_own_role(moto):
+    """--aws_role_arn and --lookup_role_arns together: the pipeline's role assumes the lookup roles
+    (AWS's role chaining), it is not bypassed by the base credentials."""
+    ec2 = aws_client("ec2", moto)
+    _, subnet = network(ec2)
+    run(ec2, subnet, "10.0.1.10", "web")
+    pipeline_role = f"arn:aws:iam::{ACCOUNT}:role/pipeline"
+    lookup_role = f"arn:aws:iam::{ACCOUNT}:role/reader"
+    with KinesisFaultProxy(moto, FaultPolicy()) as proxy:
+        aws = replace(aws_config(proxy.url), role_arn=pipeline_role, external_id="ext-1")
+        inventory = collect_inventory(aws, [REGION], [lookup_role])
+    assert [role for role, _ in proxy.assumed] == [pipeline_role, lookup_role]
+    (_, base_key), (_, chained_key) = proxy.assumed
+    assert base_key == "testing"
+    assert chained_key != "testing" and chained_key.startswith("ASIA"), "signed with the role's credentials"
+    assert aws.assuming(lookup_role).external_id is None, "the external id is the pipeline role's"
+    assert inventory.lookup("10.0.1.10").entity.name == "web", "read with the lookup role"
 
 
 def test_accounts_through_roles_with_the_same_private_address(moto, monkeypatch):

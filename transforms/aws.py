@@ -8,7 +8,7 @@ access), refreshed before it expires. Secrets are never part of a repr, a log li
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import boto3
 import botocore.session
@@ -77,18 +77,28 @@ class AwsConfig:
     role_arn: str | None = None
     external_id: str | None = field(default=None, repr=False)
     role_session_name: str = "aws-gelf-pipelines"
+    #: The identity that assumes `role_arn`, when it is not the credentials above (a role chain).
+    assumed_by: AwsConfig | None = None
 
     def session(self) -> boto3.Session:
-        base = boto3.Session(
-            profile_name=self.profile,
-            aws_access_key_id=self.access_key_id,
-            aws_secret_access_key=self.secret_access_key,
-            aws_session_token=self.session_token,
-            region_name=self.region,
-        )
+        if self.assumed_by is not None:
+            base = self.assumed_by.session()
+        else:
+            base = boto3.Session(
+                profile_name=self.profile,
+                aws_access_key_id=self.access_key_id,
+                aws_secret_access_key=self.secret_access_key,
+                aws_session_token=self.session_token,
+                region_name=self.region,
+            )
         if not self.role_arn:
             return base
         return self._assumed_role_session(base)
+
+    def assuming(self, role_arn: str) -> AwsConfig:
+        """The identity of `role_arn`, assumed with this one's credentials: through `--aws_role_arn`'s
+        role when there is one, as AWS's role chaining does."""
+        return replace(self, role_arn=role_arn, external_id=None, assumed_by=self)
 
     def client(self, service: str, **config_kwargs):
         """A client for `service`; `config_kwargs` go to botocore's Config (retries, timeouts)."""

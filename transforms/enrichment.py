@@ -58,7 +58,8 @@ class EntityOptions(PipelineOptions):
             "--lookup_role_arns",
             default=None,
             help="Comma-separated roles to assume, one per account to inventory (default: the "
-            "pipeline's own credentials, one account).",
+            "pipeline's own credentials, one account). Assumed by the pipeline's identity: through "
+            "--aws_role_arn's role when it is set.",
         )
         group.add_argument(
             "--lookup_refresh_seconds",

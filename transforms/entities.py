@@ -557,7 +557,7 @@ def collect_inventory(
     aws: AwsConfig, regions: Sequence[str], role_arns: Sequence[str] = (), page_size: int = 1000
 ) -> Inventory:
     """The inventory of every account (the pipeline's own without `role_arns`, else each role's,
-    assumed with `aws`'s credentials) in every region.
+    assumed with `aws`'s identity, so through `--aws_role_arn`'s role when set) in every region.
 
     An API some account may not call is skipped with one warning per refresh; a role that cannot be
     assumed raises ValueError naming its option; any other error raises as is. The caller keeps its
@@ -568,7 +568,7 @@ def collect_inventory(
     entities: list[Entity] = []
     denied: dict[str, list[str]] = {}
     for role_arn in role_arns or (None,):
-        account = replace(aws, role_arn=role_arn) if role_arn else aws
+        account = aws.assuming(role_arn) if role_arn else aws
         for region in regions:
             skipped: set[str] = set()
             try:
@@ -580,7 +580,7 @@ def collect_inventory(
                 raise ValueError(
                     f"{'--lookup_role_arns' if role_arn else '--aws_role_arn'}: cannot assume "
                     f"{account.role_arn} ({code}): check the role's trust policy and that the pipeline's "
-                    "identity may call sts:AssumeRole on it."
+                    "identity (--aws_role_arn's role, when set) may call sts:AssumeRole on it."
                 ) from None
             for action in skipped:
                 denied.setdefault(action, []).append(f"{role_arn or 'own account'} in {region}")
