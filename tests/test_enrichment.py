@@ -17,7 +17,7 @@ from tests.faultproxy import FaultPolicy, KinesisFaultProxy
 from tests.test_pipelines import LOG_GROUP, STREAM, pipeline_args, run_cli, start_cli
 from transforms.aws import AwsConfig
 from transforms.enrichment import Enricher, InventoryRefresher, LookupConfig, lookup_config_from_options
-from transforms.entities import Entity, Inventory
+from transforms.entities import REQUIRED_PERMISSIONS, Entity, Inventory
 from transforms.gelf import encode_message
 
 AWS = AwsConfig(region=REGION)
@@ -389,6 +389,7 @@ def test_a_streaming_pipeline_picks_up_new_entities_and_rides_out_failed_refresh
         args = pipeline_args(proxy.url, receiver.port, tmp_path / "dl", "--gelf_protocol=tcp")
         lookups = ["--entity_lookups", "--lookup_refresh_seconds=5"]
         proc = start_cli("flowlogs", [*args, *lookups], subprocess_env)
+        started = time.monotonic()
         output = OutputLines(proc.stdout)
         try:
             assert probe.name(timeout=90) is None, "10.0.1.99 is nobody yet"
@@ -405,6 +406,8 @@ def test_a_streaming_pipeline_picks_up_new_entities_and_rides_out_failed_refresh
 
             proxy.policy.fail_describe = False
             recovered = probe.until("renamed", timeout=60)
+            answered = proxy.describe_calls - proxy.injected["RequestLimitExceeded"]
+            elapsed = time.monotonic() - started
         finally:
             proc.send_signal(signal.SIGTERM)
             try:
@@ -416,9 +419,12 @@ def test_a_streaming_pipeline_picks_up_new_entities_and_rides_out_failed_refresh
     assert proc.returncode == 0, "".join(output.lines[-50:])
     log = "".join(output.lines)
     assert "keeping the previous one" in log and "RequestLimitExceeded" in log
+    # One refresh (7 Describe calls) per process every 5 s ± 10 %, however many bundles ran.
+    refreshes = answered / (len(REQUIRED_PERMISSIONS) + 1)  # DescribeLoadBalancers: v2 and classic
+    assert refreshes <= elapsed / 4.5 + 1, (answered, elapsed)
     with capsys.disabled():
         print(
             f"\n  new instance named {picked_up:.1f} s after it was created; {failed_calls} Describe calls "
             f"refused, records still enriched; change seen {recovered:.1f} s after AWS answered again; "
-            f"{probe.sent} records"
+            f"{probe.sent} records, {refreshes:.0f} refreshes answered in {elapsed:.0f} s"
         )
