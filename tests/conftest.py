@@ -58,10 +58,10 @@ def moto(moto_endpoint, monkeypatch) -> str:
     return moto_endpoint
 
 
-def aws_client(service: str, endpoint: str):
+def aws_client(service: str, endpoint: str, region: str = REGION):
     return boto3.client(
         service,
-        region_name=REGION,
+        region_name=region,
         endpoint_url=endpoint,
         aws_access_key_id="testing",
         aws_secret_access_key="testing",

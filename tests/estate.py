@@ -7,9 +7,7 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-import boto3
-
-from tests.conftest import REGION
+from tests.conftest import REGION, aws_client
 
 OTHER_REGION = "eu-west-1"
 AMI = "ami-12c6146b"
@@ -73,13 +71,7 @@ def large_estate(endpoint: str) -> LargeEstate:
     started = time.perf_counter()
     estate = LargeEstate()
     for region, public in ((REGION, True), (OTHER_REGION, False)):
-        ec2 = boto3.client(
-            "ec2",
-            region_name=region,
-            endpoint_url=endpoint,
-            aws_access_key_id="testing",
-            aws_secret_access_key="testing",
-        )
+        ec2 = aws_client("ec2", endpoint, region)
         vpc, subnet = network(ec2, public=public)
         for _ in range(60):  # moto pages DescribeInstances by reservation: 60 of them
             run(ec2, subnet, count=10)

@@ -619,13 +619,7 @@ def estate(moto) -> Estate:
     fake_eni(ec2, subnet, "RDSNetworkInterface", "10.0.1.30", [group])
     fake_eni(ec2, subnet, f"AWS Lambda VPC ENI-resize-images-{LAMBDA_UUID}", "10.0.1.40")
 
-    other = boto3.client(
-        "ec2",
-        region_name=OTHER_REGION,
-        endpoint_url=moto,
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-    )
+    other = aws_client("ec2", moto, OTHER_REGION)
     made.other_vpc, other_subnet = network(other)
     (made.other_web,) = run(other, other_subnet, "10.0.1.10", "web-eu")
     made.other_eni = made.other_web["NetworkInterfaces"][0]["NetworkInterfaceId"]
