@@ -165,7 +165,13 @@ def build_kinesis_to_gelf(pipeline, name: str, read_config, to_gelf, gelf_config
     One fused chain, with no Flatten, GroupByKey or Reshuffle: on the DirectRunner anything not fused
     with the streaming source would receive nothing until the source ends.
     """
-    records = pipeline | "ReadKinesis" >> ReadFromKinesis(read_config)
+    source = "ReadKinesis" >> ReadFromKinesis(read_config)
+    build_records_to_gelf(pipeline, name, source, to_gelf, gelf_config, dead_letter_path)
+
+
+def build_records_to_gelf(pipeline, name: str, source, to_gelf, gelf_config, dead_letter_path: str):
+    """`build_kinesis_to_gelf` from any `source` of KinesisRecords (the benchmarks replay files)."""
+    records = pipeline | source
     decoded = records | "DecodeSubscription" >> beam.ParDo(DecodeSubscription()).with_outputs(
         DEAD_LETTER, main="batches"
     )

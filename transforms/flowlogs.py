@@ -10,8 +10,9 @@ searches, dashboards and the `aws_source` lookups keep working.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import NamedTuple
 
 import apache_beam as beam
@@ -19,8 +20,8 @@ from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from transforms.elements import DEAD_LETTER, DeadLetter, GelfBatch, LogEvent, LogEventBatch
-from transforms.enrichment import EntityLookups
-from transforms.gelf import build_message, encode_message
+from transforms.enrichment import Enricher, EntityLookups
+from transforms.gelf import additional_fields, build_message, encode_message, field_key
 from transforms.protocols import protocol_name
 
 DEFAULT_FORMAT = (
@@ -36,6 +37,8 @@ DEAD_LETTER_STAGE = "flowlogs"
 
 #: AWS writes this for a field that does not apply to, or could not be computed for, a record.
 ABSENT = "-"
+#: No flow log field is longer (tags, the longest, are at most 256): a longer value is not a flow log's.
+MAX_VALUE_CHARS = 4096
 
 #: The fields holding IP addresses, enriched with `--entity_lookups` (the plugin did the first two).
 ADDRESS_FIELDS = ("src_addr", "dst_addr", "pkt_src_addr", "pkt_dst_addr")
@@ -149,8 +152,18 @@ class FlowLogFormat:
     """A validated flow log format: the fields of a line in order, with their converters ready."""
 
     fields: tuple[str, ...]
-    #: (aws_name, gelf_name, kind) per position, so that parsing a line is one split and a loop.
+    #: (aws_name, gelf_name, kind) per position.
     columns: tuple[tuple[str, str, str], ...]
+
+    @cached_property
+    def gelf_names(self) -> tuple[str, ...]:
+        """The GELF name of each position: a line is zipped with these."""
+        return tuple(gelf_name for _, gelf_name, _ in self.columns)
+
+    @cached_property
+    def integers(self) -> tuple[tuple[str, str], ...]:
+        """(gelf_name, aws_name) of the integer fields, converted after the zip."""
+        return tuple((gelf_name, aws_name) for aws_name, gelf_name, kind in self.columns if kind != STRING)
 
     @property
     def version(self) -> int:
@@ -194,26 +207,38 @@ def parse_flow_log(line: str, fmt: FlowLogFormat) -> dict[str, object]:
     """The GELF fields of one flow log line: integers as ints, `-` left out.
 
     Adds `protocol` (the protocol's name) next to `protocol_number`, and
-    `capture_window_duration_seconds` when both `start` and `end` are present.
+    `capture_window_duration_seconds` when both `start` and `end` are present. The values are
+    GELF-ready as they are (non-blank strings well under Graylog's term limit, 64-bit integers), so
+    `flow_log_gelf` adds them unchecked; a line whose values are not is refused.
     """
     tokens = line.split()
     columns = fmt.columns
     if len(tokens) != len(columns):
         raise FlowLogParseError(f"expected {len(columns)} fields, got {len(tokens)}")
-    record: dict[str, object] = {}
-    for (aws_name, gelf_name, kind), token in zip(columns, tokens, strict=True):
-        if token == ABSENT:
-            continue
-        if kind == STRING:
-            record[gelf_name] = token
+    if len(line) > MAX_VALUE_CHARS:
+        for (aws_name, _, _), token in zip(columns, tokens, strict=True):
+            if len(token) > MAX_VALUE_CHARS:
+                raise FlowLogParseError(f"{aws_name}: {len(token)} characters, more than any flow log field")
+    if ABSENT in tokens:
+        record: dict[str, object] = {
+            name: token for name, token in zip(fmt.gelf_names, tokens, strict=True) if token != ABSENT
+        }
+    else:
+        record = dict(zip(fmt.gelf_names, tokens, strict=True))
+    for gelf_name, aws_name in fmt.integers:
+        token = record.get(gelf_name)
+        if token is None:
             continue
         try:
             number = int(token)
         except ValueError:
             raise FlowLogParseError(f"{aws_name}: {token!r} is not an integer") from None
+        if len(token) > 18 and not -(2**63) <= number < 2**63:
+            raise FlowLogParseError(f"{aws_name}: {token} is beyond 64 bits")
         record[gelf_name] = number
-        if kind == PROTOCOL:
-            record["protocol"] = protocol_name(number)
+    number = record.get("protocol_number")
+    if number is not None:
+        record["protocol"] = protocol_name(number)
     start = record.get("start")
     end = record.get("end")
     if start is not None and end is not None:
@@ -252,31 +277,97 @@ def short_message(record: dict) -> str:
     return " ".join(str(part) for part in parts if part)
 
 
-def flow_log_gelf(
-    record: dict, event: LogEvent, batch: LogEventBatch, source: str, stream: str | None
-) -> dict:
-    """The GELF message of one parsed flow log record, stamped with the CloudWatch event time."""
-    fields = dict(record)
-    fields["aws_log_group"] = batch.log_group
-    fields["aws_log_stream"] = batch.log_stream
-    # A string: Graylog drops boolean fields, and the plugin's lookups key on aws_source.
-    fields["aws_source"] = "true"
+def batch_fields(batch: LogEventBatch, stream: str | None) -> dict:
+    """The GELF fields every message of a batch carries, checked once per batch."""
+    fields = {
+        "aws_log_group": batch.log_group,
+        "aws_log_stream": batch.log_stream,
+        # A string: Graylog drops boolean fields, and the plugin's lookups key on aws_source.
+        "aws_source": "true",
+    }
     if stream:
         fields["aws_kinesis_stream"] = stream
     if batch.owner:
         fields["aws_owner"] = batch.owner
-    return build_message(
+    return additional_fields(fields)
+
+
+_GELF_KEYS = {
+    name: field_key(name)
+    for name in (*(spec.gelf_name for spec in FIELDS.values()), "protocol", "capture_window_duration_seconds")
+}
+
+
+def flow_log_gelf(
+    record: dict,
+    event: LogEvent,
+    batch: LogEventBatch,
+    source: str,
+    stream: str | None,
+    shared: dict | None = None,
+) -> dict:
+    """The GELF message of one parsed flow log record, stamped with the CloudWatch event time.
+    `shared`: the batch's `batch_fields`, when the caller made them once for all its records."""
+    message = build_message(
         short_message=short_message(record) or event.message.strip(),
         host=source,
         timestamp=event.timestamp_ms / 1000,
-        fields=fields,
+        fields={},
     )
+    keys = _GELF_KEYS
+    for name, value in record.items():  # GELF-ready as parsed
+        message[keys[name]] = value
+    message.update(batch_fields(batch, stream) if shared is None else shared)
+    return message
 
 
 def address_fields(fmt: FlowLogFormat) -> tuple[str, ...]:
     """The address fields a format has, in the order their entity fields are added."""
     present = {gelf_name for _, gelf_name, _ in fmt.columns}
     return tuple(name for name in ADDRESS_FIELDS if name in present)
+
+
+@dataclass
+class Converted:
+    """One batch's flow log lines as GELF: the payloads, the lines that failed (with why), counts."""
+
+    payloads: GelfBatch
+    failures: list[tuple[LogEvent, str]]
+    nodata: int = 0
+    skipdata: int = 0
+
+
+def flow_logs_to_gelf(
+    batch: LogEventBatch,
+    fmt: FlowLogFormat,
+    source: str,
+    stream: str | None,
+    enricher: Enricher | None = None,
+    addresses: Sequence[str] = ADDRESS_FIELDS,
+) -> Converted:
+    """A batch's lines parsed and encoded as GELF payloads (with their addresses' entity fields given
+    an `enricher`); a line that does not fit is a failure, the others go on."""
+    payloads: GelfBatch = []
+    failures: list[tuple[LogEvent, str]] = []
+    nodata = skipdata = 0
+    shared = batch_fields(batch, stream)
+    for event in batch.events:
+        try:
+            record = parse_flow_log(event.message, fmt)
+            message = flow_log_gelf(record, event, batch, source, stream, shared)
+            if enricher is None:
+                payloads.append(encode_message(message))
+            else:
+                payloads.append(encode_message(message, enricher.encoded(record, addresses)))
+        except ValueError as err:  # FlowLogParseError, or a value GELF encoding refused
+            failures.append((event, str(err)))
+            continue
+        status = record.get("log_status")
+        if status == NODATA:
+            nodata += 1
+        elif status == SKIPDATA:
+            skipdata += 1
+    return Converted(payloads, failures, nodata, skipdata)
 
 
 class FlowLogsToGelf(beam.DoFn):
@@ -311,41 +402,22 @@ class FlowLogsToGelf(beam.DoFn):
             self._lookups.setup()
 
     def process(self, batch: LogEventBatch) -> Iterator[GelfBatch | beam.pvalue.TaggedOutput]:
-        fmt = self._format
-        source = self._source
-        stream = batch.source.stream or self._stream
         enricher = self._lookups.enricher() if self._lookups is not None else None
-        addresses = self._addresses
-        payloads: GelfBatch = []
-        errors = nodata = skipdata = 0
-        for event in batch.events:
-            try:
-                record = parse_flow_log(event.message, fmt)
-                message = flow_log_gelf(record, event, batch, source, stream)
-                if enricher is None:
-                    payloads.append(encode_message(message))
-                else:
-                    payloads.append(encode_message(message, enricher.encoded(record, addresses)))
-            except ValueError as err:  # FlowLogParseError, or a value GELF encoding refused
-                errors += 1
-                yield beam.pvalue.TaggedOutput(
-                    DEAD_LETTER, DeadLetter.for_event(DEAD_LETTER_STAGE, str(err), event, batch)
-                )
-                continue
-            status = record.get("log_status")
-            if status == NODATA:
-                nodata += 1
-            elif status == SKIPDATA:
-                skipdata += 1
+        stream = batch.source.stream or self._stream
+        converted = flow_logs_to_gelf(batch, self._format, self._source, stream, enricher, self._addresses)
+        for event, reason in converted.failures:
+            yield beam.pvalue.TaggedOutput(
+                DEAD_LETTER, DeadLetter.for_event(DEAD_LETTER_STAGE, reason, event, batch)
+            )
         # Counted once per batch: a metric update costs about as much as parsing a field.
         self.events.inc(len(batch.events))
-        if errors:
-            self.parse_errors.inc(errors)
-        if nodata:
-            self.nodata.inc(nodata)
-        if skipdata:
-            self.skipdata.inc(skipdata)
+        if converted.failures:
+            self.parse_errors.inc(len(converted.failures))
+        if converted.nodata:
+            self.nodata.inc(converted.nodata)
+        if converted.skipdata:
+            self.skipdata.inc(converted.skipdata)
         if enricher is not None:
             self._lookups.report(enricher)
-        if payloads:
-            yield payloads
+        if converted.payloads:
+            yield converted.payloads

@@ -1,0 +1,75 @@
+"""The flow-log transform chain alone (decode → parse → enrich → GELF encode) against the floor loop.
+
+Both run in this process on the same payloads, alternating, on CPU time; the figure is the median of
+each pair's ratio. The chain is exactly what the pipeline's DoFns run per Kinesis record
+(`decode_subscription`, then `flow_logs_to_gelf` with an `Enricher`), without Beam around it.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+
+from bench.data import FORMATS, estate, flow_log_payloads
+from bench.floor import FloorInventory, floor
+from bench.report import Figure
+from transforms.cloudwatch import decode_subscription
+from transforms.enrichment import Enricher
+from transforms.entities import Inventory
+from transforms.flowlogs import address_fields, flow_logs_to_gelf, parse_format
+
+TAG_KEYS = ("Team",)
+
+
+def chain(payloads: list[bytes], flow_log_format: str, enricher: Enricher | None) -> list[bytes]:
+    fmt = parse_format(flow_log_format)
+    addresses = address_fields(fmt)
+    out: list[bytes] = []
+    for payload in payloads:
+        batch = decode_subscription(payload)
+        out.extend(flow_logs_to_gelf(batch, fmt, "aws-flowlogs", "bench", enricher, addresses).payloads)
+    return out
+
+
+def _cpu_rate(work: Callable[[], list[bytes]]) -> float:
+    started = time.process_time()
+    events = len(work())
+    return events / (time.process_time() - started)
+
+
+def compare(payloads: list[bytes], flow_log_format: str, repeat: int) -> tuple[float, float, float]:
+    """(chain events/s, floor events/s, median ratio) with 10,000 addresses known."""
+    entities, _ = estate()
+    enricher = Enricher(Inventory(entities), TAG_KEYS)
+    floor_inventory = FloorInventory(entities, TAG_KEYS)
+    chain_rates, floor_rates = [], []
+    for _ in range(repeat):
+        chain_rates.append(_cpu_rate(lambda: chain(payloads, flow_log_format, enricher)))
+        floor_rates.append(_cpu_rate(lambda: floor(payloads, flow_log_format, floor_inventory)))
+    ratio = statistics.median(c / f for c, f in zip(chain_rates, floor_rates, strict=True))
+    return statistics.median(chain_rates), statistics.median(floor_rates), ratio
+
+
+def measure(events: int = 100_000, repeat: int = 5) -> list[Figure]:
+    _, holders = estate()
+    figures = []
+    for name, flow_log_format in FORMATS.items():
+        payloads = flow_log_payloads(events, holders, flow_log_format)
+        chain_rate, floor_rate, ratio = compare(payloads, flow_log_format, repeat)
+        figures.append(
+            Figure("chain", f"{name} format, floor loop", floor_rate, "events/s (CPU)", note="10,000 IPs")
+        )
+        figures.append(
+            Figure(
+                "chain",
+                f"{name} format, transform chain",
+                chain_rate,
+                "events/s (CPU)",
+                ratio=ratio,
+                baseline="floor",
+                goal="≥ 1.0× floor",
+                met=ratio >= 1.0,
+            )
+        )
+    return figures

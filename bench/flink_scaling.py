@@ -1,0 +1,164 @@
+"""Flow-log throughput on the standalone Flink cluster at parallelism 1 and 2: does a second slot help?
+
+    .venv/bin/python -m bench.flink_scaling [--events 400000]
+
+The pipeline reads pre-generated Kinesis records from files (`bench.replay`), so the figure is the
+pipeline's own speed on Flink, not moto's. The same 8 files are replayed at parallelism 1, then 2, on
+one cluster (flink/cluster.py on free loopback ports, a TaskManager with two slots), each run sending
+GELF over UDP to a `CountingSink`. Throughput is the sink's first-to-last arrival rate; the whole-run
+rate (launch until the launcher exits: job server, submission and SDK workers' start-up included) is
+shown beside it. The machine is shared, so quote the ratio p2/p1 rather than absolute numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from bench.data import estate, flow_log_payloads
+from bench.replay import write_records
+from bench.report import Figure, table
+from bench.sink import CountingSink
+from flink.cluster import ClusterConfig, FlinkCluster, fetch_flink, fetch_job_server
+
+REPO = Path(__file__).resolve().parent.parent
+FILES = 8
+CREDENTIALS = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
+GOAL_RATIO = 1.8
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def write_files(events: int, folder: Path) -> None:
+    """`events` default-format flow-log events as subscription payloads, dealt over FILES files."""
+    _, holders = estate()
+    payloads = flow_log_payloads(events, holders)
+    folder.mkdir(parents=True, exist_ok=True)
+    for index in range(FILES):
+        write_records(folder / f"part-{index}.records", payloads[index::FILES])
+
+
+def replay(
+    cluster: FlinkCluster, parallelism: int, events: int, records: Path, workdir: Path
+) -> tuple[int, float, float]:
+    """One bounded run: messages received, the sink's rate and the whole run's rate (events/s)."""
+    log = workdir / f"replay-p{parallelism}.log"
+    env = dict(os.environ, **CREDENTIALS, PYTHONPATH=str(REPO))
+    with CountingSink() as sink, open(log, "wb") as out:
+        command = [
+            sys.executable,
+            "-m",
+            "bench.replay",
+            f"--replay_dir={records}",
+            "--gelf_host=127.0.0.1",
+            f"--gelf_port={sink.port}",
+            "--gelf_protocol=udp",
+            f"--dead_letter_path={workdir / f'dl-p{parallelism}'}",
+            "--region=us-east-1",
+            f"--job_name=bench-p{parallelism}",
+            *cluster.pipeline_args(parallelism=parallelism),
+        ]
+        started = time.perf_counter()
+        # Its own process group: on a timeout the job server (a JVM) it started goes with it.
+        process = subprocess.Popen(
+            command, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        try:
+            status = process.wait(timeout=900)
+        finally:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+        elapsed = time.perf_counter() - started
+        if status != 0:
+            raise RuntimeError(
+                f"bench.replay at parallelism {parallelism} exited with {status}; see {log} "
+                f"and the Flink logs in {cluster.log_dir}"
+            )
+        received = sink.wait_for(events, timeout=10)
+        return received, sink.rate(), received / elapsed
+
+
+def measure(events: int = 400_000, *, workdir: Path) -> list[Figure]:
+    records = workdir / "records"
+    write_files(events, records)
+    fetch_job_server()
+    fetch_flink()
+    cluster = FlinkCluster(
+        ClusterConfig(
+            rest_port=free_port(),
+            rpc_port=free_port(),
+            worker_pool_port=free_port(),
+            workdir=workdir / "flink",
+        )
+    )
+    cluster.start(worker_env=CREDENTIALS)
+    try:
+        runs = {p: replay(cluster, p, events, records, workdir) for p in (1, 2)}
+    finally:
+        cluster.stop()
+
+    figures = []
+    for parallelism, (received, rate, whole) in runs.items():
+        short = events - received
+        figures.append(
+            Figure(
+                "flink scaling",
+                f"parallelism {parallelism}",
+                rate,
+                "events/s",
+                note=f"whole run {whole:,.0f} events/s",
+            )
+        )
+        figures.append(
+            Figure(
+                "flink scaling",
+                f"parallelism {parallelism}, received",
+                received,
+                "events",
+                note=f"{short:,} short of {events:,}" if short else None,
+            )
+        )
+    ratio = runs[2][1] / runs[1][1] if runs[1][1] else 0.0
+    figures.append(
+        Figure(
+            "flink scaling",
+            "parallelism 2 / parallelism 1",
+            ratio,
+            "×",
+            goal=f"≥ {GOAL_RATIO}",
+            met=ratio >= GOAL_RATIO,
+            note=f"{os.cpu_count()} CPUs",
+        )
+    )
+    return figures
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=400_000)
+    args = parser.parse_args()
+    workdir = Path(tempfile.mkdtemp(prefix="bench-flink-scaling-"))
+    print(table(measure(args.events, workdir=workdir)))
+    shutil.rmtree(workdir)  # kept, with the launcher's and Flink's logs, when a run fails
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
