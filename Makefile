@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 NODE_STAMP := tests/node/node_modules/.installed
 
-.PHONY: demo test lint venv node clean flink-jobserver flink-dist flink-fetch flink-up flink-down
+.PHONY: demo test bench lint venv node clean flink-jobserver flink-dist flink-fetch flink-up flink-down
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -46,6 +46,10 @@ flink-up: flink-fetch
 
 flink-down: $(STAMP)
 	$(PY) -m flink.cluster stop
+
+# Every benchmark (about 8 minutes): a table, also written to bench/results/<date>.json.
+bench: $(STAMP) flink-fetch
+	$(PY) -m bench
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

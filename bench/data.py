@@ -130,15 +130,21 @@ def flow_log_fields(events: int, holders: Sequence[Holder], seed: int = 5) -> li
     return records
 
 
+def flow_log_lines(
+    events: int, holders: Sequence[Holder], flow_log_format: str = DEFAULT_FORMAT, seed: int = 5
+) -> list[str]:
+    """The records of `flow_log_fields` written in `flow_log_format`."""
+    names = [token[2:-1] for token in flow_log_format.split()]
+    return [
+        " ".join(record.get(name, "-") for name in names) for record in flow_log_fields(events, holders, seed)
+    ]
+
+
 def flow_log_payloads(
     events: int, holders: Sequence[Holder], flow_log_format: str = DEFAULT_FORMAT, seed: int = 5
 ) -> list[bytes]:
-    """The records of `flow_log_fields` written in `flow_log_format`, as subscription payloads of
-    EVENTS_PER_RECORD events."""
-    names = [token[2:-1] for token in flow_log_format.split()]
-    lines = [
-        " ".join(record.get(name, "-") for name in names) for record in flow_log_fields(events, holders, seed)
-    ]
+    """`flow_log_lines` as subscription payloads of EVENTS_PER_RECORD events."""
+    lines = flow_log_lines(events, holders, flow_log_format, seed)
     return [
         subscription_payload(
             lines[start : start + EVENTS_PER_RECORD], start_ms=START_MS + start, first_id=start

@@ -15,93 +15,24 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import random
 import statistics
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from pipelines.sample_data import ACCOUNT, subscription_payload
-from transforms.cloudwatch import decode_subscription
+from bench.chain import chain
+from bench.data import flow_log_payloads, inventory
 from transforms.enrichment import Enricher
-from transforms.entities import Entity, Inventory
-from transforms.flowlogs import (
-    DEFAULT_FORMAT,
-    address_fields,
-    flow_log_gelf,
-    parse_flow_log,
-    parse_format,
-)
-from transforms.gelf import encode_message
+from transforms.flowlogs import DEFAULT_FORMAT
 
 RESULTS = Path(__file__).resolve().parent / "results"
-EVENTS_PER_PAYLOAD = 200  # about what AWS puts in one subscription record
 
 
-def inventory(addresses: int, seed: int = 3) -> tuple[Inventory, list[tuple[str, str]]]:
-    """`addresses` distinct instance IPs over 5 VPCs, a tenth of them also held in a second VPC (the
-    same private ranges reused, as estates do), and the (address, interface id) pairs that hold them."""
-    rng = random.Random(seed)
-    entities, held = [], []
-    overlaps = addresses // 10
-    for index in range(addresses + overlaps):
-        slot = index if index < addresses else rng.randrange(addresses)
-        vpc = f"vpc-{(slot + (index >= addresses)) % 5:017x}"
-        address = f"10.{slot // 62500}.{(slot // 250) % 250}.{slot % 250 + 1}"
-        eni = f"eni-{index:017x}"
-        entities.append(
-            Entity(
-                entity=f"ec2:i-{index:017x}",
-                aws_type="EC2",
-                name=f"web-{index}",
-                description=f"web-{index}",
-                vpc_id=vpc,
-                account_id=ACCOUNT,
-                region="eu-west-1",
-                interface_id=eni,
-                tags=(("Team", f"team-{index % 7}"),),
-                addresses=(address,),
-            )
-        )
-        held.append((address, eni))
-    return Inventory(entities), held
-
-
-def payloads(events: int, held: list[tuple[str, str]], seed: int = 5) -> list[bytes]:
-    rng = random.Random(seed)
-    lines = []
-    for _ in range(events):
-        address, eni = rng.choice(held)
-        other = (
-            rng.choice(held)[0] if rng.random() < 0.5 else f"52.{rng.randrange(256)}.{rng.randrange(256)}.9"
-        )
-        lines.append(
-            f"2 {ACCOUNT} {eni} {address} {other} {rng.randrange(1024, 65535)} 443 6 10 840 "
-            f"1700000000 1700000060 ACCEPT OK"
-        )
-    return [
-        subscription_payload(lines[start : start + EVENTS_PER_PAYLOAD], first_id=start)
-        for start in range(0, len(lines), EVENTS_PER_PAYLOAD)
-    ]
-
-
-def chain(data: list[bytes], enricher: Enricher | None) -> float:
+def rate(data: list[bytes], enricher: Enricher | None) -> float:
     """Events per CPU second of decode → parse → (enrich) → build → encode (CPU time, so that other
     processes on a shared machine count less)."""
-    fmt = parse_format(DEFAULT_FORMAT)
-    addresses = address_fields(fmt)
-    events = 0
     started = time.process_time()
-    for payload in data:
-        batch = decode_subscription(payload)
-        for event in batch.events:
-            record = parse_flow_log(event.message, fmt)
-            message = flow_log_gelf(record, event, batch, "aws-flowlogs", "bench")
-            if enricher is None:
-                encode_message(message)
-            else:
-                encode_message(message, enricher.encoded(record, addresses))
-            events += 1
+    events = len(chain(data, DEFAULT_FORMAT, enricher))
     return events / (time.process_time() - started)
 
 
@@ -113,14 +44,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     built = time.perf_counter()
-    known, held = inventory(args.addresses)
+    known, holders = inventory(args.addresses)
     build_seconds = time.perf_counter() - built
-    data = payloads(args.events, held)
+    data = flow_log_payloads(args.events, holders)
     enricher = Enricher(known, tag_keys=("Team",))
     plain_rates, enriched_rates = [], []
     for _ in range(args.repeat):
-        plain_rates.append(chain(data, None))
-        enriched_rates.append(chain(data, enricher))
+        plain_rates.append(rate(data, None))
+        enriched_rates.append(rate(data, enricher))
     plain, enriched = statistics.median(plain_rates), statistics.median(enriched_rates)
     # Each enriched run against the plain run just before it, so that slow phases cancel out.
     overhead = statistics.median(p / e for p, e in zip(plain_rates, enriched_rates, strict=True)) - 1

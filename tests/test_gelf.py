@@ -155,7 +155,11 @@ def test_nested_values_become_compact_json_text():
     assert message["_obj"] == '{"a":[1,"é"],"b":null}'
     assert message["_list"] == "[1,2]"
     assert message["_tup"] == "[3]"
-    assert build_message("m", "h", 1.0, {"o": {"x": math.nan}})["_o"] == '{"x":NaN}', "text, not JSON"
+    # JSON has no NaN: the text stays valid JSON (for Graylog's JSON extractor), NaN written as null.
+    assert build_message("m", "h", 1.0, {"o": {"x": math.nan}})["_o"] == '{"x":null}'
+    assert build_message("m", "h", 1.0, {"o": {"big": 2**70, "s": "a\ud800"}})["_o"] == (
+        '{"big":1180591620717411303424,"s":"a\ud800"}'
+    ), "what orjson refuses is written by the standard library"
 
 
 def test_other_values_become_text():
@@ -278,9 +282,9 @@ def test_encoding_is_compact_strict_utf8_json():
     assert json.loads(payload, parse_constant=_refuse_constant) == message
 
 
-def test_encoding_refuses_nan_rather_than_sending_a_message_graylog_rejects():
-    with pytest.raises(ValueError):
-        encode_message({"version": "1.1", "host": "h", "short_message": "m", "_x": math.nan})
+def test_encoding_writes_nan_as_null_a_field_graylog_skips_rather_than_rejecting_the_message():
+    payload = encode_message({"version": "1.1", "host": "h", "short_message": "m", "_x": math.nan})
+    assert json.loads(payload, parse_constant=_refuse_constant)["_x"] is None
 
 
 def test_encoding_replaces_lone_surrogates():

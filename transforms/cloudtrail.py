@@ -20,7 +20,7 @@ from typing import Any, BinaryIO
 
 import ijson
 
-from transforms.gelf import build_message
+from transforms.gelf import build_message, compact_json
 
 #: GELF host (Graylog `source`) unless the caller overrides it; the plugin's default.
 DEFAULT_SOURCE = "aws-cloudtrail"
@@ -91,8 +91,6 @@ SESSION_ISSUER_FIELDS: dict[str, str] = {
     "accountId": "session_issuer_user_account_id",
 }
 
-_COMPACT_JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, default=str)
-
 
 class CloudTrailRecordError(ValueError):
     """A record that cannot become a GELF message; the message says why. Only that record is lost."""
@@ -129,7 +127,7 @@ def _text(value: object) -> str | None:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, dict | list):
-        return _COMPACT_JSON.encode(value)
+        return compact_json(value)
     return str(value)
 
 
@@ -137,7 +135,7 @@ def _json_text(value: object) -> str | None:
     """Compact JSON text of a nested part; None, `{}` and `[]` say nothing and are left out."""
     if value is None or value == {} or value == []:
         return None
-    return _COMPACT_JSON.encode(value)
+    return compact_json(value)
 
 
 def _copy(fields: dict[str, object], source: Mapping[str, Any], names: Mapping[str, str]) -> None:
@@ -251,7 +249,7 @@ def cloudtrail_gelf(
         host=source or DEFAULT_SOURCE,
         timestamp=timestamp,
         fields=fields,
-        full_message=_COMPACT_JSON.encode(record),
+        full_message=compact_json(record),
     )
 
 
