@@ -17,7 +17,7 @@ from pathlib import Path
 
 from bench.data import estate, flow_log_payloads
 from bench.floor import FloorInventory, floor
-from bench.replay import write_records
+from bench.records import write_records
 from bench.report import Figure
 from bench.sink import CountingSink
 from transforms.flowlogs import DEFAULT_FORMAT

@@ -7,7 +7,10 @@ pipeline's own speed on Flink, not moto's. The same 8 files are replayed at para
 one cluster (flink/cluster.py on free loopback ports, a TaskManager with two slots), each run sending
 GELF over UDP to a `CountingSink`. Throughput is the sink's first-to-last arrival rate; the whole-run
 rate (launch until the launcher exits: job server, submission and SDK workers' start-up included) is
-shown beside it. The machine is shared, so quote the ratio p2/p1 rather than absolute numbers.
+reported too. The Python work of the subtasks runs in the TaskManager's SDK worker processes; Beam's
+default is one (`--sdk_worker_parallelism=1`), which puts both subtasks under one GIL (measured: p2/p1
+1.04×), so each run asks for one per slot, as run_configs/flowlogs-flink.yaml does. The machine is
+shared: quote the ratio p2/p1 rather than absolute numbers.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import time
 from pathlib import Path
 
 from bench.data import estate, flow_log_payloads
-from bench.replay import write_records
+from bench.records import write_records
 from bench.report import Figure, table
 from bench.sink import CountingSink
 from flink.cluster import ClusterConfig, FlinkCluster, fetch_flink, fetch_job_server
@@ -72,6 +75,8 @@ def replay(
             f"--dead_letter_path={workdir / f'dl-p{parallelism}'}",
             "--region=us-east-1",
             f"--job_name=bench-p{parallelism}",
+            # One Python SDK process per slot: one process would run both subtasks under one GIL.
+            f"--sdk_worker_parallelism={parallelism}",
             *cluster.pipeline_args(parallelism=parallelism),
         ]
         started = time.perf_counter()
@@ -117,34 +122,33 @@ def measure(events: int = 400_000, *, workdir: Path) -> list[Figure]:
     figures = []
     for parallelism, (received, rate, whole) in runs.items():
         short = events - received
-        figures.append(
+        figures += [
+            Figure("flink scaling", f"parallelism {parallelism}, delivering", rate, "events/s"),
             Figure(
                 "flink scaling",
-                f"parallelism {parallelism}",
-                rate,
+                f"parallelism {parallelism}, whole run",
+                whole,
                 "events/s",
-                note=f"whole run {whole:,.0f} events/s",
-            )
-        )
-        figures.append(
+                note="job start-up included",
+            ),
             Figure(
                 "flink scaling",
                 f"parallelism {parallelism}, received",
                 received,
                 "events",
                 note=f"{short:,} short of {events:,}" if short else None,
-            )
-        )
+            ),
+        ]
     ratio = runs[2][1] / runs[1][1] if runs[1][1] else 0.0
     figures.append(
         Figure(
             "flink scaling",
-            "parallelism 2 / parallelism 1",
+            "delivering, parallelism 2 / 1",
             ratio,
             "×",
             goal=f"≥ {GOAL_RATIO}",
             met=ratio >= GOAL_RATIO,
-            note=f"{os.cpu_count()} CPUs",
+            note=f"{os.cpu_count()} CPUs; --sdk_worker_parallelism = --parallelism",
         )
     )
     return figures

@@ -8,6 +8,9 @@ users run it) to a GELF UDP receiver in this process. Events are written at a st
 `PutLogEvents` calls; each carries its number in the `bytes` field, so the message that arrives maps
 back to the call that wrote it. Latency = arrival time − write time, where the write time is taken
 just before the call (so it includes CloudWatch → Kinesis delivery, which moto does within the call).
+
+At 10 calls a second the reader (5 polls a second per shard) hardly ever finds the shard idle; below
+5 calls a second the idle poll interval adds up to `--kinesis_idle_poll_seconds` (try `--rate 2`).
 """
 
 from __future__ import annotations

@@ -4,50 +4,30 @@ that its own speed is measured, not the emulator's (moto serves a few thousand r
     python -m bench.replay --replay_dir=DIR [any pipelines.flowlogs option, e.g. --runner=FlinkRunner]
 
 Everything after the source is `pipelines.flowlogs` itself: decode → flow logs to GELF (with entity
-lookups if asked) → GELF sender, on whichever runner. The files (`write_records`) hold length-prefixed
+lookups if asked) → GELF sender, on whichever runner. The files (`bench.records`) hold length-prefixed
 subscription payloads; their names are spread over the workers, each file read as a stream.
 """
 
 from __future__ import annotations
 
-import struct
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from bench.records import read_records
 from pipelines import flowlogs
 from pipelines.common import Plan, build_records_to_gelf, main_with_errors, run_cli
 from transforms.deadletter import dead_letter_path_from_options
-from transforms.elements import KinesisRecord
 from transforms.gelf import gelf_config_from_options
-
-_LENGTH = struct.Struct(">I")
 
 
 class ReplayOptions(PipelineOptions):
     @classmethod
     def _add_argparse_args(cls, parser) -> None:
-        parser.add_argument("--replay_dir", help="Folder of *.records files written by bench.replay.")
-
-
-def write_records(path: Path, payloads: Sequence[bytes]) -> None:
-    with open(path, "wb") as out:
-        for payload in payloads:
-            out.write(_LENGTH.pack(len(payload)))
-            out.write(payload)
-
-
-def read_records(path: str) -> Iterator[KinesisRecord]:
-    name = Path(path).stem
-    with open(path, "rb") as source:
-        number = 0
-        while header := source.read(_LENGTH.size):
-            (length,) = _LENGTH.unpack(header)
-            yield KinesisRecord("replay", name, f"{number:056d}", name, 0.0, source.read(length))
-            number += 1
+        parser.add_argument("--replay_dir", help="Folder of *.records files (bench.records).")
 
 
 class ReplayRecords(beam.PTransform):
@@ -69,7 +49,7 @@ def plan(options: PipelineOptions, local: bool) -> Plan:
     folder = options.view_as(ReplayOptions).replay_dir
     paths = sorted(str(p) for p in Path(folder or ".").glob("*.records"))
     if not folder or not paths:
-        raise ValueError("--replay_dir: give a folder holding *.records files (bench.replay.write_records).")
+        raise ValueError("--replay_dir: give a folder holding *.records files (bench.records).")
     to_gelf = flowlogs.make_to_gelf(options, "bench")
     gelf_config = gelf_config_from_options(options)
     dead_letters = dead_letter_path_from_options(options)

@@ -11,7 +11,7 @@ from bench import __main__ as bench_main
 from bench.chain import TAG_KEYS, chain
 from bench.data import FORMATS, estate, flow_log_payloads
 from bench.floor import FloorInventory, floor
-from bench.replay import read_records, write_records
+from bench.records import read_records, write_records
 from transforms.enrichment import Enricher
 from transforms.entities import Inventory
 
