@@ -47,7 +47,7 @@ flink-up: flink-fetch
 flink-down: $(STAMP)
 	$(PY) -m flink.cluster stop
 
-# Every benchmark (about 8 minutes): a table, also written to bench/results/<date>.json.
+# Every benchmark (about 4 minutes once Flink is fetched): a table, also written to bench/results/<date>.json.
 bench: $(STAMP) flink-fetch
 	$(PY) -m bench
 
