@@ -29,7 +29,7 @@ from pathlib import Path
 from bench.data import estate, flow_log_payloads
 from bench.records import write_records
 from bench.report import Figure, table
-from bench.sink import CountingSink
+from bench.sink import CountingSink, CpuSampler
 from flink.cluster import ClusterConfig, FlinkCluster, fetch_flink, fetch_job_server
 
 REPO = Path(__file__).resolve().parent.parent
@@ -59,11 +59,12 @@ def write_files(events: int, folder: Path) -> None:
 
 def replay(
     cluster: FlinkCluster, parallelism: int, events: int, records: Path, workdir: Path
-) -> tuple[int, float, float]:
-    """One bounded run: messages received, the sink's rate and the whole run's rate (events/s)."""
+) -> tuple[int, float, float, float | None]:
+    """One bounded run: messages received, the sink's rate and the whole run's rate (events/s), and
+    how busy the machine's CPUs were while messages arrived (0..1)."""
     log = workdir / f"replay-p{parallelism}.log"
     env = dict(os.environ, **CREDENTIALS, PYTHONPATH=str(REPO))
-    with CountingSink() as sink, open(log, "wb") as out:
+    with CountingSink() as sink, CpuSampler() as cpu, open(log, "wb") as out:
         command = [
             sys.executable,
             "-m",
@@ -97,7 +98,8 @@ def replay(
                 f"and the Flink logs in {cluster.log_dir}"
             )
         received = sink.wait_for(events, timeout=10)
-        return received, sink.rate(), received / elapsed
+        busy = cpu.busy(sink.first, sink.last) if sink.first is not None else None
+        return received, sink.rate(), received / elapsed, busy
 
 
 def measure(events: int = 400_000, *, workdir: Path) -> list[Figure]:
@@ -120,10 +122,16 @@ def measure(events: int = 400_000, *, workdir: Path) -> list[Figure]:
         cluster.stop()
 
     figures = []
-    for parallelism, (received, rate, whole) in runs.items():
+    for parallelism, (received, rate, whole, busy) in runs.items():
         short = events - received
         figures += [
-            Figure("flink scaling", f"parallelism {parallelism}, delivering", rate, "events/s"),
+            Figure(
+                "flink scaling",
+                f"parallelism {parallelism}, delivering",
+                rate,
+                "events/s",
+                note=None if busy is None else f"all {os.cpu_count()} CPUs {busy:.0%} busy meanwhile",
+            ),
             Figure(
                 "flink scaling",
                 f"parallelism {parallelism}, whole run",

@@ -4,6 +4,8 @@ chain (so the comparison is fair), and every section runs end to end at a small 
 from __future__ import annotations
 
 import json
+import os
+import time
 
 import pytest
 
@@ -12,6 +14,7 @@ from bench.chain import TAG_KEYS, chain
 from bench.data import FORMATS, estate, flow_log_payloads
 from bench.floor import FloorInventory, floor
 from bench.records import read_records, write_records
+from bench.sink import CpuSampler
 from transforms.enrichment import Enricher
 from transforms.entities import Inventory
 
@@ -44,3 +47,13 @@ def test_every_local_section_runs_at_a_small_size(capsys):
     for section in sections.split(","):
         assert f"| {section} |" in out, out
     assert " lost" not in out, "the counting receiver got every message of the pipeline runs"
+
+
+def test_the_cpu_sampler_sees_this_process_working():
+    with CpuSampler(interval=0.05) as cpu:
+        started = time.perf_counter()
+        while time.perf_counter() - started < 0.6:
+            pass
+        ended = time.perf_counter()
+    busy = cpu.busy(started, ended)
+    assert busy is not None and 1 / (os.cpu_count() or 1) * 0.5 <= busy <= 1.0, busy
