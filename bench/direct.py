@@ -13,13 +13,16 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
-from bench.data import estate, flow_log_payloads
+from bench.data import Holder, estate, flow_log_payloads
 from bench.floor import FloorInventory, floor
-from bench.records import write_records
+from bench.measuring import peak_rss_mib
+from bench.records import write_replay_files
 from bench.report import Figure
 from bench.sink import CountingSink
+from transforms.entities import Entity
 from transforms.flowlogs import DEFAULT_FORMAT
 
 REPO = Path(__file__).resolve().parent.parent
@@ -27,29 +30,15 @@ FILES = 4
 STRETCH_EVENTS_PER_SECOND = 80_000
 
 
-def prepare(events: int, folder: Path) -> list[bytes]:
+def prepare(events: int, folder: Path, holders: Sequence[Holder]) -> list[bytes]:
     """Writes `events` default-format events into FILES replay files; returns the payloads."""
-    _, holders = estate()
     payloads = flow_log_payloads(events, holders, DEFAULT_FORMAT)
-    folder.mkdir(parents=True, exist_ok=True)
-    for index in range(FILES):
-        write_records(folder / f"part-{index}.records", payloads[index::FILES])
+    write_replay_files(payloads, folder, FILES)
     return payloads
 
 
-def _peak_rss_kib(pid: int) -> int | None:
-    try:
-        with open(f"/proc/{pid}/status") as status:
-            for line in status:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1])
-    except OSError:
-        return None
-    return None
-
-
-def run_pipeline(folder: Path, port: int, workdir: Path, *extra: str) -> tuple[float, int]:
-    """Runs bench.replay on the DirectRunner; returns (seconds, peak RSS in KiB)."""
+def run_pipeline(folder: Path, port: int, workdir: Path, *extra: str) -> tuple[float, float]:
+    """Runs bench.replay on the DirectRunner; returns (seconds, peak RSS in MiB)."""
     args = [
         sys.executable,
         "-m",
@@ -70,7 +59,7 @@ def run_pipeline(folder: Path, port: int, workdir: Path, *extra: str) -> tuple[f
     peak = 0
     try:
         while process.poll() is None:
-            peak = max(peak, _peak_rss_kib(process.pid) or 0)
+            peak = max(peak, peak_rss_mib(process.pid) or 0)
             time.sleep(0.05)
     finally:
         if process.poll() is None:
@@ -82,8 +71,7 @@ def run_pipeline(folder: Path, port: int, workdir: Path, *extra: str) -> tuple[f
     return seconds, peak
 
 
-def _floor_rate(payloads: list[bytes]) -> float:
-    entities, _ = estate()
+def _floor_rate(payloads: list[bytes], entities: Sequence[Entity]) -> float:
     inventory = FloorInventory(entities)
     started = time.perf_counter()
     count = len(floor(payloads, DEFAULT_FORMAT, inventory))
@@ -92,8 +80,9 @@ def _floor_rate(payloads: list[bytes]) -> float:
 
 def measure_throughput(events: int, workdir: Path) -> list[Figure]:
     folder = workdir / f"records-{events}"
-    payloads = prepare(events, folder)
-    floor_rate = _floor_rate(payloads)
+    entities, holders = estate()
+    payloads = prepare(events, folder, holders)
+    floor_rate = _floor_rate(payloads, entities)
     figures = [Figure("direct", "floor loop (wall clock)", floor_rate, "events/s", note="with enrichment")]
     for compression in ("gzip", "none"):
         with CountingSink() as sink:
@@ -121,20 +110,21 @@ def measure_throughput(events: int, workdir: Path) -> list[Figure]:
 
 def measure_memory(small: int, large: int, workdir: Path) -> list[Figure]:
     peaks = {}
+    _, holders = estate()
     for events in (small, large):
         folder = workdir / f"records-{events}"
         if not folder.exists():
-            prepare(events, folder)
+            prepare(events, folder, holders)
         with CountingSink() as sink:
             _, peaks[events] = run_pipeline(folder, sink.port, workdir, "--gelf_compression=none")
             sink.wait_for(events, timeout=5)
     ratio = peaks[large] / peaks[small]
     return [
-        Figure("memory", f"peak RSS at {small:,} events", peaks[small] / 1024, "MiB"),
+        Figure("memory", f"peak RSS at {small:,} events", peaks[small], "MiB"),
         Figure(
             "memory",
             f"peak RSS at {large:,} events",
-            peaks[large] / 1024,
+            peaks[large],
             "MiB",
             ratio=ratio,
             baseline=f"{small:,} events",

@@ -19,7 +19,6 @@ import argparse
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -27,10 +26,12 @@ import time
 from pathlib import Path
 
 from bench.data import estate, flow_log_payloads
-from bench.records import write_records
+from bench.measuring import CpuSampler
+from bench.records import write_replay_files
 from bench.report import Figure, table
-from bench.sink import CountingSink, CpuSampler
+from bench.sink import CountingSink
 from flink.cluster import ClusterConfig, FlinkCluster, fetch_flink, fetch_job_server
+from pipelines.demo import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 FILES = 8
@@ -40,21 +41,6 @@ CREDENTIALS = {
     "AWS_DEFAULT_REGION": "us-east-1",
 }
 GOAL_RATIO = 1.8
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def write_files(events: int, folder: Path) -> None:
-    """`events` default-format flow-log events as subscription payloads, dealt over FILES files."""
-    _, holders = estate()
-    payloads = flow_log_payloads(events, holders)
-    folder.mkdir(parents=True, exist_ok=True)
-    for index in range(FILES):
-        write_records(folder / f"part-{index}.records", payloads[index::FILES])
 
 
 def replay(
@@ -104,7 +90,7 @@ def replay(
 
 def measure(events: int = 400_000, *, workdir: Path) -> list[Figure]:
     records = workdir / "records"
-    write_files(events, records)
+    write_replay_files(flow_log_payloads(events, estate()[1]), records, FILES)
     fetch_job_server()
     fetch_flink()
     cluster = FlinkCluster(

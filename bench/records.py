@@ -28,3 +28,10 @@ def read_records(path: str) -> Iterator[KinesisRecord]:
             (length,) = _LENGTH.unpack(header)
             yield KinesisRecord("replay", name, f"{number:056d}", name, 0.0, source.read(length))
             number += 1
+
+
+def write_replay_files(payloads: Sequence[bytes], folder: Path, files: int) -> None:
+    """`payloads` dealt over `files` files `part-<n>.records` in `folder`, for bench.replay."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for index in range(files):
+        write_records(folder / f"part-{index}.records", payloads[index::files])

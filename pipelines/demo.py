@@ -35,7 +35,8 @@ EVENTS = 5000
 MALFORMED = ["2 123456789012 eni-0bad this line is cut short", "not a flow log at all"]
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -45,7 +46,7 @@ class MotoServer:
     """moto_server as a child process on a free loopback port."""
 
     def __init__(self, workdir: Path):
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         exe = shutil.which("moto_server", path=str(Path(sys.executable).parent)) or shutil.which(
             "moto_server"

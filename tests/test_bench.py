@@ -13,8 +13,8 @@ from bench import __main__ as bench_main
 from bench.chain import TAG_KEYS, chain
 from bench.data import FORMATS, estate, flow_log_payloads
 from bench.floor import FloorInventory, floor
+from bench.measuring import CpuSampler
 from bench.records import read_records, write_records
-from bench.sink import CpuSampler
 from transforms.enrichment import Enricher
 from transforms.entities import Inventory
 

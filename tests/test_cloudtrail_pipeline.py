@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from bench.measuring import peak_rss_mib
 from pipelines.cloudtrail_samples import (
     announce_cloudtrail_via_sns,
     cloudtrail_log_files,
@@ -376,19 +377,6 @@ def test_help_lists_the_sqs_and_s3_options(subprocess_env):
 
 
 LARGE_BYTES = int(os.environ.get("CLOUDTRAIL_LARGE_BYTES", 50 * 1024 * 1024))
-
-
-def peak_rss_mib(pid: int) -> float | None:
-    """The process's peak RSS so far (VmHWM). Not wait4's ru_maxrss: that keeps the high-water mark of
-    the forked test process from before exec."""
-    try:
-        with open(f"/proc/{pid}/status") as status:
-            for line in status:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        return None
-    return None
 
 
 def run_measuring_memory(args: list[str], env: dict, log_path: Path) -> tuple[int, str, list[float]]:
