@@ -82,6 +82,29 @@ def flow_log_lines(count: int, seed: int = 7, fields: Sequence[str] = V2_FIELDS)
     return [" ".join(r.get(f, "-") for f in fields) for r in flow_log_records(count, seed)]
 
 
+# What PutLogEvents accepts (AWS and moto alike): events from the last 14 days and at most 2 hours ahead.
+# Older or later events are dropped with only a note in the answer (`rejectedLogEventsInfo`).
+CLOUDWATCH_MAX_AGE_MS = 14 * 86400 * 1000
+CLOUDWATCH_MAX_AHEAD_MS = 2 * 3600 * 1000
+
+
+def cloudwatch_start_ms(age_seconds: float = 3600) -> int:
+    """A first event time `age_seconds` before now, in milliseconds: inside the window PutLogEvents takes."""
+    return int((time.time() - age_seconds) * 1000)
+
+
+def check_cloudwatch_window(first_ms: int, last_ms: int, now_ms: int | None = None) -> None:
+    """Refuses event times CloudWatch Logs would drop, instead of a test that later finds 0 events."""
+    now_ms = int(time.time() * 1000) if now_ms is None else now_ms
+    oldest, latest = now_ms - CLOUDWATCH_MAX_AGE_MS, now_ms + CLOUDWATCH_MAX_AHEAD_MS
+    if first_ms < oldest or last_ms > latest:
+        raise ValueError(
+            f"log event times {first_ms}..{last_ms} ms fall outside what CloudWatch Logs accepts now "
+            f"({oldest}..{latest} ms: the last 14 days to 2 hours ahead); it would drop them. "
+            "Derive them from the clock, e.g. start_ms=cloudwatch_start_ms()."
+        )
+
+
 def deliver_through_cloudwatch(
     logs_client,
     log_group: str,
@@ -92,18 +115,28 @@ def deliver_through_cloudwatch(
 ) -> int:
     """Puts the lines as log events in `batch_size` calls; returns the number of calls made.
 
-    With a subscription filter on the group, each call becomes one Kinesis record (moto and AWS).
+    With a subscription filter on the group, each call becomes one Kinesis record (moto and AWS). Event
+    times run from `start_ms` (default: now) one millisecond apart; times CloudWatch Logs would drop, and
+    any event it reports as rejected, raise ValueError.
     """
+    now_ms = start_ms if start_ms is not None else int(time.time() * 1000)
+    check_cloudwatch_window(now_ms, now_ms + max(len(lines) - 1, 0))
     try:
         logs_client.create_log_stream(logGroupName=log_group, logStreamName=log_stream)
     except logs_client.exceptions.ResourceAlreadyExistsException:
         pass
-    now_ms = start_ms or int(time.time() * 1000)
     calls = 0
     for offset in range(0, len(lines), batch_size):
         batch = lines[offset : offset + batch_size]
         events = [{"timestamp": now_ms + offset + i, "message": line} for i, line in enumerate(batch)]
-        logs_client.put_log_events(logGroupName=log_group, logStreamName=log_stream, logEvents=events)
+        answer = logs_client.put_log_events(
+            logGroupName=log_group, logStreamName=log_stream, logEvents=events
+        )
+        if answer.get("rejectedLogEventsInfo"):
+            raise ValueError(
+                f"CloudWatch Logs rejected events of the batch at line {offset}: "
+                f"{answer['rejectedLogEventsInfo']} (too old, too new or expired)"
+            )
         calls += 1
     return calls
 

@@ -11,7 +11,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -38,7 +38,13 @@ from transforms.deadletter import read_dead_letters
 pytestmark = pytest.mark.slow
 
 BUCKET = "org-trail"
-START = datetime(2026, 11, 20, 9, 0, tzinfo=UTC).timestamp()
+# Trail files of recent days, as a live trail writes them: 09:00 UTC five days ago.
+START = (datetime.now(UTC) - timedelta(days=5)).replace(hour=9, minute=0, second=0, microsecond=0).timestamp()
+
+
+def day_of(when: float, days: int = 0, sep: str = "-") -> str:
+    """The UTC date `days` after `when`, as `--s3_start_time` (`-`) or a CloudTrail key (`/`) writes it."""
+    return (datetime.fromtimestamp(when, UTC) + timedelta(days=days)).strftime(f"%Y{sep}%m{sep}%d")
 
 
 def cli_args(
@@ -240,6 +246,7 @@ def test_a_receiver_down_mid_run_deletes_no_message_whose_records_were_not_deliv
         )
         assert len(before) < 1600, "stopped mid-run"
         assert deleted <= complete_files, "a message was deleted before all its records were delivered"
+        assert deleted > 0, "the messages of delivered files are deleted while the run goes on"
 
         second = NodeReceiver(tmp_path, "http", port=port)  # Graylog is back
         _, log = process.communicate(timeout=240)
@@ -267,7 +274,7 @@ def test_a_corrupt_object_is_retried_then_dead_lettered_and_the_rest_goes_on(
     queue_url, _ = create_notification_queue(sqs, "cloudtrail", visibility_timeout=30)
     good = cloudtrail_log_files(2, 50, seed=9, start_time=START)
     first_record = json.dumps(next(cloudtrail_records(1, seed=4, start_time=START)))
-    corrupt_key = "AWSLogs/123456789012/CloudTrail/us-east-1/2026/11/20/broken.json.gz"
+    corrupt_key = f"AWSLogs/123456789012/CloudTrail/us-east-1/{day_of(START, sep='/')}/broken.json.gz"
     corrupt = gzip.compress(('{"Records":[' + first_record + ',{"eventTime": tru').encode())
     put_cloudtrail_files(s3, BUCKET, [*good, (corrupt_key, corrupt)])
     for key, _ in [*good, (corrupt_key, corrupt)]:
@@ -308,7 +315,7 @@ def test_a_backfill_reads_the_files_of_its_time_range_without_sqs_and_ends(
     days = [START + day * 86400 for day in range(3)]
     files = [f for when in days for f in cloudtrail_log_files(2, 30, seed=int(when) % 97, start_time=when)]
     put_cloudtrail_files(s3, BUCKET, files)
-    wanted = [f for f in files if "/2026/11/21/" in f[0]]
+    wanted = [f for f in files if f"/{day_of(START, 1, '/')}/" in f[0]]
     assert len(wanted) == 2
     receiver = NodeReceiver(tmp_path, "tcp")
     try:
@@ -316,8 +323,8 @@ def test_a_backfill_reads_the_files_of_its_time_range_without_sqs_and_ends(
             [
                 "--runner=DirectRunner",
                 f"--s3_prefix=s3://{BUCKET}/AWSLogs/123456789012/CloudTrail/{REGION}/",
-                "--s3_start_time=2026-11-21",
-                "--s3_end_time=2026-11-22",
+                f"--s3_start_time={day_of(START, 1)}",
+                f"--s3_end_time={day_of(START, 2)}",
                 f"--aws_endpoint_url={moto}",
                 f"--region={REGION}",
                 "--gelf_host=127.0.0.1",
@@ -406,7 +413,7 @@ def test_a_50_mb_file_is_read_with_bounded_memory_while_its_visibility_is_extend
         for name, size in sizes.items():
             path = tmp_path / f"{name}.json.gz"
             count = write_cloudtrail_file(path, size, seed=len(name))
-            key = f"AWSLogs/123456789012/CloudTrail/{REGION}/2026/11/20/{name}.json.gz"
+            key = f"AWSLogs/123456789012/CloudTrail/{REGION}/{day_of(START, sep='/')}/{name}.json.gz"
             with open(path, "rb") as body:
                 s3.upload_fileobj(body, BUCKET, key)
             sqs.send_message(QueueUrl=queue_url, MessageBody=cloudtrail_notification(BUCKET, [key]))

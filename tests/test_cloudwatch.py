@@ -13,6 +13,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing.util import assert_that, equal_to
 
 from pipelines.runners import LOCAL_RUNNER
+from pipelines.sample_data import cloudwatch_start_ms, deliver_through_cloudwatch
 from tests.conftest import aws_client
 from transforms.cloudwatch import (
     MAX_DECOMPRESSED_BYTES,
@@ -264,3 +265,45 @@ def test_dofn_gives_one_batch_per_record_and_dead_letters_with_coordinates():
         for c in result.metrics().query(MetricsFilter().with_namespace("cloudwatch"))["counters"]
     }
     assert counters == {"records": 3, "events": 3, "control_messages": 1, "decode_errors": 1}
+
+
+def test_cloudwatch_logs_drops_events_older_than_fourteen_days_with_only_a_note(moto):
+    """Why test data must be dated from the clock: an old event is not an error, it just never arrives."""
+    logs = aws_client("logs", moto)
+    logs.create_log_group(logGroupName="/app/old")
+    logs.create_log_stream(logGroupName="/app/old", logStreamName="s")
+    fifteen_days_ago = int((time.time() - 15 * 86400) * 1000)
+    answer = logs.put_log_events(
+        logGroupName="/app/old",
+        logStreamName="s",
+        logEvents=[{"timestamp": fifteen_days_ago, "message": "x"}],
+    )
+    assert "tooOldLogEventEndIndex" in answer["rejectedLogEventsInfo"]
+    assert logs.get_log_events(logGroupName="/app/old", logStreamName="s")["events"] == []
+
+
+@pytest.mark.parametrize(
+    "age_seconds",
+    [15 * 86400, 14 * 86400 + 60, -3 * 3600],
+    ids=["15 days old", "just past 14 days", "3 h ahead"],
+)
+def test_delivering_events_cloudwatch_would_drop_is_refused_saying_why(moto, age_seconds):
+    logs = aws_client("logs", moto)
+    logs.create_log_group(logGroupName="/app/web")
+    with pytest.raises(
+        ValueError, match="outside what CloudWatch Logs accepts now.*last 14 days to 2 hours ahead"
+    ):
+        deliver_through_cloudwatch(logs, "/app/web", ["a", "b"], start_ms=cloudwatch_start_ms(age_seconds))
+
+
+def test_events_dated_from_the_clock_are_all_accepted(moto):
+    logs = aws_client("logs", moto)
+    logs.create_log_group(logGroupName="/app/web")
+    start_ms = cloudwatch_start_ms(13 * 86400)
+    assert deliver_through_cloudwatch(logs, "/app/web", ["a", "b", "c"], batch_size=2, start_ms=start_ms) == 2
+    events = logs.get_log_events(logGroupName="/app/web", logStreamName="eni-all", startFromHead=True)[
+        "events"
+    ]
+    assert [(e["timestamp"], e["message"]) for e in events] == [
+        (start_ms + i, m) for i, m in enumerate("abc")
+    ]

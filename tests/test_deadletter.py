@@ -201,13 +201,18 @@ def test_path_that_is_a_file_is_refused(tmp_path):
         dead_letter_path_from_options(options(f"--dead_letter_path={tmp_path / 'file' / 'sub'}"))
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root can write to any directory")
 def test_unwritable_directory_is_refused(tmp_path):
+    """Mode bits stop a service user; nothing stops root but a filesystem that takes no new files (a
+    read-only root filesystem, procfs): /proc/self stands for both, so this holds as root too."""
     locked = tmp_path / "locked"
     locked.mkdir(mode=0o500)
+    unwritable = ["/proc/self"] + ([] if os.geteuid() == 0 else [str(locked)])
 
-    with pytest.raises(ValueError, match="--dead_letter_path .* is not writable"):
-        dead_letter_path_from_options(options(f"--dead_letter_path={locked}"))
+    for path in unwritable:
+        with pytest.raises(ValueError, match=f"--dead_letter_path {path} is not writable"):
+            dead_letter_path_from_options(options(f"--dead_letter_path={path}"))
+    with pytest.raises(ValueError, match="cannot be created: /proc/self is not a writable directory"):
+        dead_letter_path_from_options(options("--dead_letter_path=/proc/self/dead-letters"))
 
 
 def test_summary_counts_per_stage_and_reason_and_shows_raw_as_text(tmp_path, capsys):

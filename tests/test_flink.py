@@ -22,7 +22,12 @@ from pathlib import Path
 import pytest
 
 from flink.cluster import FLINK_MINOR, ClusterConfig, FlinkCluster, fetch_flink, fetch_job_server
-from pipelines.sample_data import create_flow_log_stream, deliver_through_cloudwatch, flow_log_lines
+from pipelines.sample_data import (
+    cloudwatch_start_ms,
+    create_flow_log_stream,
+    deliver_through_cloudwatch,
+    flow_log_lines,
+)
 from tests.conftest import CREDENTIALS, REGION, REPO, NodeReceiver, aws_client, free_port
 from tests.estate import network, run
 from tests.faultproxy import FaultPolicy, KinesisFaultProxy
@@ -156,9 +161,10 @@ def test_cluster_delivers_the_same_messages_as_the_direct_runner(
     logs = aws_client("logs", moto)
     create_flow_log_stream(kinesis, logs, STREAM, LOG_GROUP, shards=2)
     lines = flow_log_lines(3_000)
-    deliver_through_cloudwatch(logs, LOG_GROUP, lines, batch_size=200, start_ms=1_795_000_000_000)
+    start_ms = cloudwatch_start_ms()
+    deliver_through_cloudwatch(logs, LOG_GROUP, lines, batch_size=200, start_ms=start_ms)
     deliver_through_cloudwatch(
-        logs, LOG_GROUP, MALFORMED, log_stream="eni-broken", start_ms=1_795_100_000_000
+        logs, LOG_GROUP, MALFORMED, log_stream="eni-broken", start_ms=start_ms + len(lines)
     )
 
     received = {}
@@ -476,7 +482,7 @@ def test_entity_lookups_resolve_on_the_cluster_as_on_the_direct_runner(
         for source, destination in (("10.0.1.10", "10.0.1.20"), ("10.0.1.10", "8.8.8.8"))
         for _ in range(25)
     ]
-    deliver_through_cloudwatch(logs, LOG_GROUP, lines, batch_size=10, start_ms=1_795_000_000_000)
+    deliver_through_cloudwatch(logs, LOG_GROUP, lines, batch_size=10, start_ms=cloudwatch_start_ms())
     received = {}
     for runner, extra in {
         "direct": [],

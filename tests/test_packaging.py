@@ -3,10 +3,16 @@ the Docker image, the Flink job server and the run configs."""
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
+import site
+import subprocess
+import sys
 import tomllib
 import xml.etree.ElementTree as ET
 from importlib.metadata import version
+from pathlib import Path
 
 import yaml
 
@@ -49,7 +55,8 @@ def test_beam_is_pinned_to_one_exact_version_and_installed_at_it():
     assert version("apache-beam") == pinned_beam()
 
 
-def test_the_dockerfile_is_well_formed_and_builds_on_the_sdk_image_of_the_pinned_version():
+def test_the_dockerfile_is_well_formed_and_starts_from_the_sdk_image_of_the_pinned_version():
+    """No image is built here (no container engine, no registry for the base image): the parse only."""
     instructions = dockerfile_instructions()
     unknown = [keyword for keyword, _ in instructions if keyword not in DOCKER_INSTRUCTIONS]
     assert not unknown, f"not Dockerfile instructions: {unknown}"
@@ -67,6 +74,42 @@ def test_the_dockerfile_is_well_formed_and_builds_on_the_sdk_image_of_the_pinned
     runs = [arguments for keyword, arguments in instructions if keyword == "RUN"]
     assert any(run.startswith("pip install --no-cache-dir . ") for run in runs), runs
     assert any("v('apache-beam') == '${BEAM_VERSION}'" in run for run in runs), "the install keeps Beam"
+
+
+def test_the_images_install_step_works_on_exactly_what_the_dockerfile_copies(tmp_path):
+    """The Dockerfile's COPY lines rebuilt as a build context, then its RUN step on it (pip install, then
+    --help) against this venv's dependencies: a module the image would lack fails here."""
+    context = tmp_path / "context"
+    workdir = next(arguments for keyword, arguments in dockerfile_instructions() if keyword == "WORKDIR")
+    for keyword, arguments in dockerfile_instructions():
+        if keyword != "COPY":
+            continue
+        *sources, destination = arguments.split()
+        for source in sources:
+            target = context / Path(workdir, destination).relative_to(workdir)
+            if (REPO / source).is_dir():
+                shutil.copytree(REPO / source, target, ignore=shutil.ignore_patterns("__pycache__"))
+            else:
+                target.mkdir(parents=True, exist_ok=True)
+                shutil.copy(REPO / source, target / source)
+    installed = tmp_path / "site"
+    pip = [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(installed), "."]
+    subprocess.run(pip, cwd=context, check=True, capture_output=True, timeout=300)
+    assert {"pipelines", "transforms"} <= {p.name for p in installed.iterdir()}
+    # -S: without site's .pth files, so the editable install of this checkout cannot fill in a module
+    # the image would lack; the dependencies come from this venv's site-packages.
+    path = os.pathsep.join([str(installed), *site.getsitepackages()])
+    for module in ("pipelines.flowlogs", "pipelines.cloudwatch", "pipelines.cloudtrail"):
+        done = subprocess.run(
+            [sys.executable, "-S", "-m", module, "--help"],
+            cwd=tmp_path,
+            env={**os.environ, "PYTHONPATH": path},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert "--gelf_host" in done.stdout
 
 
 def test_the_flink_job_server_is_built_for_the_pinned_beam_and_a_flink_it_supports():

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from pipelines.sample_data import (
+    cloudwatch_start_ms,
     create_flow_log_stream,
     deliver_through_cloudwatch,
     flow_log_lines,
@@ -91,7 +92,8 @@ def test_every_flow_log_event_arrives_exactly_once_with_the_plugin_fields(
     logs = aws_client("logs", moto)
     create_flow_log_stream(kinesis, logs, STREAM, LOG_GROUP, shards=2)
     lines = flow_log_lines(10_000) + [KNOWN_LINE]
-    deliver_through_cloudwatch(logs, LOG_GROUP, lines, batch_size=500, start_ms=1_795_000_000_000)
+    start_ms = cloudwatch_start_ms()
+    deliver_through_cloudwatch(logs, LOG_GROUP, lines, batch_size=500, start_ms=start_ms)
     shards = [r["ShardId"] for r in kinesis.list_shards(StreamName=STREAM)["Shards"]]
     for shard in shards:
         iterator = kinesis.get_shard_iterator(
@@ -117,7 +119,7 @@ def test_every_flow_log_event_arrives_exactly_once_with_the_plugin_fields(
     known = next(m for m in messages if m.get("_interface_id") == "eni-0a1b2c3d")
     assert known["short_message"] == "eni-0a1b2c3d ACCEPT TCP 10.0.0.1:80 -> 10.0.0.2:2264"
     assert known["host"] == "aws-flowlogs"
-    assert known["timestamp"] == pytest.approx((1_795_000_000_000 + len(lines) - 1) / 1000)
+    assert known["timestamp"] == pytest.approx((start_ms + len(lines) - 1) / 1000)
     expected = {
         "_account_id": "123456789012",
         "_src_addr": "10.0.0.1",
@@ -387,28 +389,53 @@ def test_without_demo_or_stream_it_says_how_to_try_it():
     assert "make demo" in done.stderr and "--demo" in done.stderr
 
 
+# Options of Beam's Java FlinkPipelineOptions: Python passes them through to the job server unparsed.
+FLINK_JAVA_OPTIONS = {
+    "checkpointing_interval",
+    "externalized_checkpoints_enabled",
+    "retain_externalized_checkpoints_on_cancellation",
+}
+
+
 @pytest.mark.parametrize("config", sorted(p.name for p in (REPO / "run_configs").glob("*.yaml")))
 def test_every_run_config_is_a_valid_set_of_options(config):
+    """Every key is an option the pipeline knows and reads as written (a misspelt key would be silently
+    ignored), and the configs built from them validate and carry those values."""
+    import yaml
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    from pipelines import cloudwatch, flowlogs
+    from pipelines import cloudtrail, cloudwatch, flowlogs
     from pipelines.common import expand_config
     from transforms.aws import aws_config_from_options
     from transforms.gelf import gelf_config_from_options
     from transforms.kinesis import kinesis_config_from_options
 
-    argv = expand_config([f"--config={REPO / 'run_configs' / config}"])
-    options = PipelineOptions(argv)
+    path = REPO / "run_configs" / config
+    written = yaml.safe_load(path.read_text())
+    module = {"cloudtrail": cloudtrail, "cloudwatch": cloudwatch, "flowlogs": flowlogs}[config.split("-")[0]]
+    options = PipelineOptions(expand_config([f"--config={path}"]))
+    known = options.get_all_options()
+    passed_through = options.get_all_options(retain_unknown_options=True)
+    for key, value in written.items():
+        assert key in known or key in FLINK_JAVA_OPTIONS, f"{config}: {key} is no option of {module.__name__}"
+        read = passed_through[key]
+        assert read == value or str(read) == str(value) or read == [value], f"{config}: {key}={read!r}"
+
     aws = aws_config_from_options(options)
-    if config.startswith("cloudtrail"):
+    gelf = gelf_config_from_options(options)
+    assert (gelf.host, gelf.port, gelf.protocol) == (
+        written["gelf_host"],
+        written["gelf_port"],
+        written["gelf_protocol"],
+    )
+    assert gelf.tls == bool(written.get("gelf_tls")) and gelf.compression == written.get("gelf_compression")
+    if module is cloudtrail:
         check_cloudtrail_options(options, aws)
-        gelf_config_from_options(options)
         return
-    kinesis_config_from_options(options, aws)
-    if "tls" not in config:
-        gelf_config_from_options(options)
-    module = cloudwatch if config.startswith("cloudwatch") else flowlogs
-    module.make_to_gelf(options, "s")
+    kinesis = kinesis_config_from_options(options, aws)
+    assert kinesis.stream == written["stream_name"]
+    assert kinesis.initial_position == written["initial_position"]
+    assert module.make_to_gelf(options, kinesis.stream) is not None
 
 
 def check_cloudtrail_options(options, aws) -> None:
