@@ -348,8 +348,10 @@ def test_oversize_reason_uses_each_protocols_graylog_limit():
     assert oversize_reason(b"x" * 2 * 1024 * 1024, tcp) is None
     assert "frame limit" in oversize_reason(b"x" * (2 * 1024 * 1024 + 1), tcp)
     http = GelfConfig(host="h", protocol="http")
-    assert oversize_reason(b"x" * 65536, http) is None
-    assert "65537 bytes" in oversize_reason(b"x" * 65537, http)
+    assert oversize_reason(b"x" * 65535, http) is None, "65,535 bytes and the closing newline fit"
+    assert "65536 bytes exceeds the 65536-byte body limit with its closing newline" in oversize_reason(
+        b"x" * 65536, http
+    )
 
 
 # --------------------------------------------------------------------------------------------------------

@@ -50,6 +50,8 @@ MAX_CHUNK_SIZE = 65507 - CHUNK_HEADER_BYTES
 TCP_MAX_FRAME_BYTES = 2 * 1024 * 1024
 #: Graylog's GELF HTTP `max_chunk_size` default: the largest decoded request body (413 beyond it).
 HTTP_MAX_BODY_BYTES = 65536
+# What closes each message in a GELF HTTP body (see HttpSender).
+HTTP_MESSAGE_END = b"\n"
 #: The search backend refuses a document holding a string term longer than this (Graylog #873).
 MAX_FIELD_BYTES = 32766
 #: zlib compression level: 6 is zlib's own default; ratio matters for the 128-chunk UDP limit.
@@ -558,7 +560,7 @@ def oversize_reason(payload: bytes, config: GelfConfig) -> str | None:
             f"{config.chunk_size} bytes; the limit is {limit} bytes ({MAX_CHUNKS} chunks max in Graylog). "
             "Use --gelf_protocol=tcp or http for large messages"
         )
-    if size <= limit:
+    if size + (len(HTTP_MESSAGE_END) if config.protocol == "http" else 0) <= limit:
         return None
     if config.protocol == "tcp":
         return (
@@ -566,8 +568,8 @@ def oversize_reason(payload: bytes, config: GelfConfig) -> str | None:
             "max_message_size; a longer frame is discarded and the connection closed)"
         )
     return (
-        f"GELF HTTP message of {size} bytes exceeds the {limit}-byte body limit (Graylog's "
-        "max_chunk_size, applied to the decoded body; it answers 413)"
+        f"GELF HTTP message of {size} bytes exceeds the {limit}-byte body limit with its closing newline "
+        "(Graylog's max_chunk_size, applied to the decoded body; it answers 413)"
     )
 
 
@@ -846,9 +848,15 @@ class TcpSender(_RetryingSender):
 
 
 class HttpSender(_RetryingSender):
-    """GELF HTTP over one keep-alive connection: a POST per message, or with `http_bulk` newline-joined
-    messages per POST up to the body limit. Only a 2xx answer counts as delivered; anything else is retried
-    with back-off. Graylog answers 202 before decoding, so a 2xx means "received", not "valid"."""
+    """GELF HTTP over one keep-alive connection: a POST per message, or with `http_bulk` as many messages
+    per POST as fit the body limit. Only a 2xx answer counts as delivered; anything else is retried with
+    back-off. Graylog answers 202 before decoding, so a 2xx means "received", not "valid".
+
+    Every message ends with a newline, the last one too. An input with bulk receiving on splits bodies at
+    newlines and keeps what follows the last one for the next request on the connection: a body without a
+    closing newline would have its last message merged into the next body (lost), and one message per POST
+    would pile up until the frame is too long. Without bulk receiving Graylog ignores the trailing newline.
+    """
 
     def __init__(
         self,
@@ -868,15 +876,16 @@ class HttpSender(_RetryingSender):
     def send(self, payloads: Sequence[bytes]) -> None:
         if not self.config.http_bulk:
             for payload in payloads:
-                self._post(payload, 1)
+                self._post(payload + HTTP_MESSAGE_END, 1)
             return
         limit = self.config.max_message_bytes
         try:
             for payload in payloads:
-                if self._pending and self._pending_bytes + 1 + len(payload) > limit:
+                size = len(payload) + len(HTTP_MESSAGE_END)
+                if self._pending and self._pending_bytes + size > limit:
                     self._post_pending()
                 self._pending.append(payload)
-                self._pending_bytes += len(payload) + (1 if len(self._pending) > 1 else 0)
+                self._pending_bytes += size
         except BaseException:
             self._drop_pending()
             raise
@@ -889,7 +898,7 @@ class HttpSender(_RetryingSender):
                 self._drop_pending()
 
     def _post_pending(self) -> None:
-        body = b"\n".join(self._pending)
+        body = HTTP_MESSAGE_END.join(self._pending) + HTTP_MESSAGE_END
         count = len(self._pending)
         self._drop_pending()
         self._post(body, count)
