@@ -1,20 +1,40 @@
-"""The floor: the flow-log work done in the simplest way with the standard library, to measure the
-transform chain against.
+"""The floor: the flow-log work done in the simplest way, with the libraries the pipeline uses
+(zlib and the standard json to decode, orjson to encode, ISA-L to compress), to measure the pipeline
+against.
 
 Same input (CloudWatch subscription payloads), same output (the GELF JSON the pipeline sends, field
-for field, entity fields included): `tests/test_bench.py` checks that both give equal messages. What
-it leaves out is what a real pipeline cannot: nothing. It validates nothing either (no GELF rules, no
-dead letters, no VPC-scoped lookup beyond the interface's VPC), which is what makes it a floor.
+for field, entity fields included when given an inventory): `tests/test_bench.py` checks that both give
+equal messages. It validates nothing (no GELF rules, no dead letters, no VPC-scoped lookup beyond the
+interface's VPC), which is what makes it a floor.
+
+`floor` stops at the encoded messages (the `chain` section's baseline); `send_floor` goes on as the
+DirectRunner runs of the `direct` section do: it reads the same replay files (`bench.records`), compresses
+each message and sends it over UDP, without entity lookups, as those runs have none. Run as
+
+    python -m bench.floor --replay_dir DIR --port PORT --flow_log_format FORMAT [--compression gzip]
+
+it is a process of its own, like the pipeline, so that the receiver measuring both shares no GIL with it.
 """
 
 from __future__ import annotations
 
+import argparse
 import gzip
 import json
-from collections.abc import Iterable
+import socket
+import struct
+import sys
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
 
-from transforms.entities import Entity
+import orjson
+from isal import isal_zlib
+
 from transforms.protocols import PROTOCOL_NAMES
+
+if TYPE_CHECKING:  # not imported at run time: it brings Beam, which the floor process does not need
+    from transforms.entities import Entity
 
 INTEGERS = {
     "version", "srcport", "dstport", "protocol", "packets", "bytes", "start", "end", "tcp-flags",
@@ -60,7 +80,9 @@ class FloorInventory:
         return (local or [fields for _, fields in holders])[0], True
 
 
-def floor(payloads: Iterable[bytes], flow_log_format: str, inventory: FloorInventory | None) -> list[bytes]:
+def floor(
+    payloads: Iterable[bytes], flow_log_format: str, inventory: FloorInventory | None, stream: str = "bench"
+) -> list[bytes]:
     names = [token[2:-1] for token in flow_log_format.split()]
     out = []
     for payload in payloads:
@@ -93,7 +115,7 @@ def floor(payloads: Iterable[bytes], flow_log_format: str, inventory: FloorInven
             message["_aws_log_group"] = batch["logGroup"]
             message["_aws_log_stream"] = batch["logStream"]
             message["_aws_source"] = "true"
-            message["_aws_kinesis_stream"] = "bench"
+            message["_aws_kinesis_stream"] = stream
             message["_aws_owner"] = batch["owner"]
             if inventory is not None:
                 for field in ADDRESSES:
@@ -104,5 +126,59 @@ def floor(payloads: Iterable[bytes], flow_log_format: str, inventory: FloorInven
                             message[f"_{field}_{key}"] = value
                         if ambiguous:
                             message[f"_{field}_entity_ambiguous"] = "true"
-            out.append(json.dumps(message, ensure_ascii=False, separators=(",", ":")).encode())
+            out.append(orjson.dumps(message))
     return out
+
+
+#: The pipeline's defaults: ISA-L at level 1 (transforms.gelf.COMPRESSION_LEVEL), GELF UDP chunks of 1420.
+COMPRESSION_LEVEL = 1
+CHUNK_SIZE = 1420
+_WBITS = {"gzip": 16 + 15, "zlib": 15}
+_LENGTH = struct.Struct(">I")
+
+
+def read_payloads(path: Path) -> Iterable[bytes]:
+    with open(path, "rb") as source:
+        while header := source.read(_LENGTH.size):
+            yield source.read(_LENGTH.unpack(header)[0])
+
+
+def send_floor(
+    paths: Sequence[Path], flow_log_format: str, host: str, port: int, compression: str = "gzip"
+) -> int:
+    """The replay files' flow logs as GELF over UDP, file by file, batch by batch; returns the count."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 * 1024 * 1024)
+    sock.connect((host, port))
+    wbits = _WBITS.get(compression)
+    sent = 0
+    for path in paths:
+        for payload in read_payloads(path):
+            # "replay": the stream name bench.replay's records carry, so the messages are the pipeline's
+            for message in floor([payload], flow_log_format, None, stream="replay"):
+                data = message if wbits is None else isal_zlib.compress(message, COMPRESSION_LEVEL, wbits)
+                if len(data) > CHUNK_SIZE:  # the bench data never need chunks; the pipeline would chunk
+                    raise ValueError(f"a {len(data)}-byte GELF datagram needs chunks: the floor sends none")
+                sock.send(data)
+                sent += 1
+    sock.close()
+    return sent
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.floor", description=__doc__.splitlines()[0])
+    parser.add_argument("--replay_dir", required=True, type=Path)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", required=True, type=int)
+    parser.add_argument("--compression", default="gzip", choices=("gzip", "zlib", "none"))
+    parser.add_argument("--flow_log_format", required=True, help="as the pipeline's --flow_log_format")
+    args = parser.parse_args(argv)
+    paths = sorted(args.replay_dir.glob("*.records"))
+    if not paths:
+        parser.error(f"--replay_dir: no *.records files in {args.replay_dir}")
+    print(f"{send_floor(paths, args.flow_log_format, args.host, args.port, args.compression)} messages sent")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -33,6 +33,8 @@ def machine() -> dict:
         "python": platform.python_version(),
         "processor": platform.processor() or platform.machine(),
         "cpus": os.cpu_count(),
+        # 1, 5 and 15 minutes, when the result is written: how busy the (shared) machine was
+        "load_average": [round(load, 2) for load in os.getloadavg()],
     }
     try:
         with open("/proc/cpuinfo") as cpuinfo:
