@@ -15,6 +15,8 @@ from pathlib import Path
 import boto3
 import pytest
 
+from tests.graylog_receiver import graylog_receiver_fixture  # noqa: F401 (the `graylog_receiver` fixture)
+
 REPO = Path(__file__).resolve().parent.parent
 REGION = "us-east-1"
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}

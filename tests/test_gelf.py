@@ -28,6 +28,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from pipelines.gelf_receiver import GelfReceiver
 from pipelines.runners import LOCAL_RUNNER
 from tests.conftest import NODE_DIR, NodeReceiver, free_port
+from tests.graylog_receiver import differences
 from transforms.elements import DeadLetter
 from transforms.gelf import (
     MAX_FIELD_BYTES,
@@ -44,7 +45,9 @@ from transforms.gelf import (
     compress,
     encode_fields,
     encode_message,
+    field_key,
     gelf_config_from_options,
+    make_sender,
     oversize_reason,
 )
 
@@ -54,41 +57,6 @@ ERROR_KEY = "__receiver_error__"
 # --------------------------------------------------------------------------------------------------------
 # A model of what Graylog stores (shared/reference/gelf.md, "Additional fields"), independent of the code
 # --------------------------------------------------------------------------------------------------------
-
-STANDARD_KEYS = {"version", "host", "short_message", "full_message", "timestamp", "level"}
-SET_BY_STANDARD = {"message", "source", "timestamp", "full_message", "level", "facility", "file", "line"}
-BACKEND_RESERVED = {"_id", "_ttl", "_source", "_all", "_index", "_type", "_score"}
-GRAYLOG_NAME = re.compile(r"[A-Za-z0-9.@\-_]+")
-
-
-def graylog_stores(message: dict) -> tuple[dict, list[str]]:
-    """(stored fields, keys Graylog would silently skip) for a message Graylog must not reject."""
-    assert isinstance(message["host"], str) and message["host"].strip(), "Graylog rejects a blank host"
-    assert isinstance(message["short_message"], str) and message["short_message"].strip()
-    assert isinstance(message["timestamp"], int | float) and message["timestamp"] > 0
-    stored = {"source": message["host"], "message": message["short_message"]}
-    stored.update({k: message[k] for k in ("timestamp", "full_message", "level") if k in message})
-    skipped = []
-    for key, value in message.items():
-        if key in STANDARD_KEYS:
-            continue
-        name = key[1:] if key.startswith("_") and len(key) > 1 else key
-        if (
-            name in ("short_message", "host")
-            or name in stored
-            or name in SET_BY_STANDARD
-            or name in BACKEND_RESERVED
-            or value is None
-            or isinstance(value, bool)
-            or not GRAYLOG_NAME.fullmatch(name.strip())
-            or (isinstance(value, str) and not value.strip())
-            or isinstance(value, dict | list)
-        ):
-            skipped.append(key)
-            continue
-        stored[name] = value
-    return stored, skipped
-
 
 # --------------------------------------------------------------------------------------------------------
 # build_message
@@ -122,7 +90,6 @@ def test_blank_short_message_and_host_are_replaced_so_graylog_does_not_reject_th
     assert message["short_message"] == "-"
     assert message["host"] == "unknown"
     assert build_message("", "", 1.0, {})["short_message"] == "-"
-    graylog_stores(message)
 
 
 def test_blank_full_message_is_left_out_and_level_is_clamped_to_syslog():
@@ -168,12 +135,13 @@ def test_other_values_become_text():
     assert message["_when"] == "/a/b"
 
 
-def test_field_names_are_sanitized_to_graylogs_character_rule():
+def test_field_names_are_sanitized_to_the_names_graylog_stores():
+    """Graylog drops names outside [A-Za-z0-9._@-] and stores `.` as `_`: we send the stored name."""
     message = build_message(
         "m", "h", 1.0, {"http.status": 1, "user name": 2, "a/b:c": 3, "naïve": 4, "x-y_z": 5, "mail@x": 6}
     )
     keys = [k for k in message if k.startswith("_")]
-    assert keys == ["_http.status", "_user_name", "_a_b_c", "_na_ve", "_x-y_z", "_mail_x"]
+    assert keys == ["_http_status", "_user_name", "_a_b_c", "_na_ve", "_x-y_z", "_mail_x"]
 
 
 def key_of(name: str) -> str:
@@ -213,7 +181,9 @@ def test_names_are_sanitized_and_those_graylog_would_ignore_are_renamed(name, ke
     assert key_of(name) == key
 
 
-def test_graylog_stores_every_field_we_emit():
+def test_graylog_stores_every_field_we_emit_under_its_name_and_type(graylog_receiver):
+    """Names Graylog would skip, shadow, rename or keep for itself, values it would drop: sent through
+    Graylog's own GELF input, every field we emit is stored as we sent it."""
     fields = {
         "id": "1",
         "_id": "2",
@@ -225,21 +195,39 @@ def test_graylog_stores_every_field_we_emit():
         "streams": "s",
         "ok": False,
         "n": None,
+        "nan": math.nan,
         "naïve key": "v",
         "": "empty name",
         "???": "only invalid characters",
-        "nested": {"a": 1},
+        "http.status": 200,
+        "mail@x": "a",
+        "nested": {"a": 1, "b": [True, None]},
         "count": 7,
+        "ratio": 0.25,
+        "big": 2**70,
         "level": "INFO",
         "host": "other",
+        "padded": "  kept as sent?  ",
     }
-    message = build_message("short", "web-1", 1700000000.5, fields, full_message="full", level=6)
-    stored, skipped = graylog_stores(message)
-    assert skipped == []
-    emitted = [k for k in message if k not in STANDARD_KEYS]
-    assert len(stored) == 5 + len(emitted), "every additional field is stored under its own name"
-    assert stored["message"] == "short" and stored["source"] == "web-1" and stored["level"] == 6
-    assert not any(name.startswith("gl2_") or name in ("id", "streams") for name in stored)
+    messages = [
+        build_message("short", "web-1", 1700000000.5, fields, full_message="full", level=6),
+        build_message("  \n\t", "   ", 1700000001.0, {}),  # blank message and host, replaced
+    ]
+    receiver = graylog_receiver("udp")
+    sender = make_sender(GelfConfig(host="127.0.0.1", port=receiver.port, protocol="udp"))
+    sender.open()
+    try:
+        sender.send([encode_message(m) for m in messages])
+    finally:
+        sender.close()
+    receiver.wait_for(2)
+    assert receiver.rejected() == []
+    deliveries = receiver.deliveries()
+    assert [sent for sent, _ in deliveries] == messages
+    for sent, stored in deliveries:
+        assert differences(sent, stored) == [], sent
+    kept = {field_key(name) for name, value in fields.items() if value is not None and value == value}
+    assert {k for k in deliveries[0][0] if k.startswith("_")} == kept, "only null and NaN were left out"
 
 
 def test_long_strings_are_truncated_to_the_indexers_term_limit_on_a_character_boundary():

@@ -82,7 +82,7 @@ _INTERFACE_TYPES = {
     "transit_gateway": "TransitGateway",
 }
 _RDS_DESCRIPTION = "RDSNetworkInterface"
-_TAG_KEY_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
+_TAG_KEY_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
 
 
 # --- entities -------------------------------------------------------------------------------------

@@ -277,7 +277,9 @@ def gelf_config_from_options(options: PipelineOptions) -> GelfConfig:
 # Building and encoding messages
 # --------------------------------------------------------------------------------------------------------
 
-_NAME_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789.-_")
+# Graylog also takes `.` and `@`, but stores a `.` as `_` (Message.toElasticSearchObject), dropping one of
+# two fields that then share a name; we send the stored name, so what we send is what is stored.
+_NAME_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
 #: Names Graylog would skip (already set from a standard field, or the backend's own), plus the ones it
 #: overwrites (`streams`) and `id` (the spec forbids `_id`; Graylog stores it as `id`).
 # Names Graylog takes for its own fields (an additional field of that name is ignored or shadowed),
@@ -312,7 +314,7 @@ _MESSAGE_JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allo
 def field_key(name: object) -> str:
     """The GELF key (with its `_` prefix) under which Graylog stores `name` as given.
 
-    Rules, in order: surrounding whitespace is trimmed; characters outside `A-Za-z0-9._-` become `_`;
+    Rules, in order: surrounding whitespace is trimmed; characters outside `A-Za-z0-9_-` become `_`;
     leading underscores are removed (so `_id`/`__x` cannot reach Graylog's and the backend's own names);
     an empty result becomes `unnamed`; a name Graylog would ignore or that clashes with a standard field
     (RESERVED_FIELD_NAMES, e.g. `id`, `message`, `source`) gets a `_` suffix (`id` -> `id_`), and a name in
@@ -343,6 +345,11 @@ def compact_json(value: object) -> str:
         return _NESTED_JSON.encode(value)
 
 
+# Graylog trims string field values as Java's String.trim() does (every character up to U+0020) and drops
+# those left empty: we send them trimmed, so what is stored is what we sent.
+_JAVA_TRIMMED = "".join(map(chr, range(0x21)))
+
+
 def _truncate(text: str) -> str:
     """`text` cut to MAX_FIELD_BYTES of UTF-8 on a character boundary."""
     data = text.encode("utf-8", "replace")
@@ -366,7 +373,8 @@ def _other_value(value: object) -> object:
         text = bytes(value).decode("utf-8", "replace")
     else:
         text = str(value)
-    if not text or text.isspace():
+    text = text.strip(_JAVA_TRIMMED)
+    if not text:
         return None
     return _truncate(text) if len(text) > _SAFE_CHARS else text
 
@@ -387,7 +395,8 @@ def build_message(
     - `timestamp`: float seconds rounded to milliseconds; a non-finite or non-positive value is replaced
       by the current time (Graylog would do the same, silently);
     - `level`: clamped to the syslog range 0..7;
-    - additional fields: keys from `field_key`; None, NaN/Infinity and blank strings dropped; booleans
+    - additional fields: keys from `field_key`; strings trimmed as Graylog trims them (characters up to
+      U+0020); None, NaN/Infinity and empty strings dropped; booleans
       become "true"/"false" (Graylog drops booleans); ints beyond 64 bits become strings; dicts, lists and
       tuples become compact JSON text; other objects become `str(value)`; strings longer than 32766 UTF-8
       bytes are truncated (the search backend refuses longer terms). `short_message` and
@@ -435,8 +444,12 @@ def additional_fields(fields: Mapping[str, object]) -> dict:
     for name, value in fields.items():
         kind = type(value)
         if kind is str:
-            if not value or value.isspace():
+            if not value:
                 continue
+            if value[0] <= " " or value[-1] <= " ":
+                value = value.strip(_JAVA_TRIMMED)
+                if not value:
+                    continue
             if len(value) > _SAFE_CHARS:
                 value = _truncate(value)
         elif kind is int:
