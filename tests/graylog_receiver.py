@@ -165,6 +165,7 @@ class GraylogReceiver:
         port: int = 0,
         max_body: int | None = None,
         max_frame: int | None = None,
+        recv_buffer: int | None = None,
     ):
         if protocol not in PROTOCOLS:
             raise ValueError(f"protocol must be one of {PROTOCOLS}, not {protocol!r}")
@@ -195,6 +196,8 @@ class GraylogReceiver:
             command += ["--max-body", str(max_body)]
         if max_frame is not None:
             command += ["--max-frame", str(max_frame)]
+        if recv_buffer is not None:
+            command += ["--recv-buffer", str(recv_buffer)]
         with open(self.stderr, "wb") as err:
             self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=err)
         self.port = self._wait_ready()

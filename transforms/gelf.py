@@ -648,6 +648,21 @@ def ssl_context(config: GelfConfig) -> ssl.SSLContext:
     return context
 
 
+def _close_gracefully(sock: socket.socket, timeout: float = 2.0) -> None:
+    """Closes a TLS connection with close_notify, reading what the server sent (TLS 1.3 session tickets)
+    on the way: a socket closed with unread bytes is reset, and Graylog logs each reset as an error."""
+    if isinstance(sock, ssl.SSLSocket):
+        try:
+            sock.settimeout(timeout)
+            sock = sock.unwrap()
+        except (OSError, ValueError):
+            pass
+    try:
+        sock.close()
+    except OSError:
+        pass
+
+
 def _peer_closed(sock: socket.socket) -> bool:
     """True when the server closed an idle connection. A GELF server never sends data, so a readable
     socket means EOF or an error; a TLS socket may also have read only session tickets (not closed)."""
@@ -848,10 +863,7 @@ class TcpSender(_RetryingSender):
 
     def _disconnect(self) -> None:
         if self._sock is not None:
-            try:
-                self._sock.close()
-            except OSError:
-                pass
+            _close_gracefully(self._sock)
             self._sock = None
 
     def close(self) -> None:

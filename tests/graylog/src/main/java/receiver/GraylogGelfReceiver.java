@@ -445,6 +445,9 @@ public final class GraylogGelfReceiver {
         if (opts.containsKey("max-frame")) {
             values.put("max_message_size", Integer.parseInt(opts.get("max-frame")));
         }
+        if (opts.containsKey("recv-buffer")) { // the input's "Receive Buffer Size" (the kernel caps it)
+            values.put("recv_buffer_size", Integer.parseInt(opts.get("recv-buffer")));
+        }
         if (opts.containsKey("tls")) {
             values.put("tls_enable", true);
             values.put("tls_cert_file", require(opts, "cert"));
