@@ -236,8 +236,12 @@ class GraylogReceiver:
 
     def deliveries(self) -> list[tuple[dict, dict]]:
         """(GELF message as sent, document Graylog stores) for each accepted message."""
+        first_document = json.JSONDecoder().raw_decode  # as Graylog, which drops what follows it
         return [
-            (json.loads(gelf_json(base64.b64decode(record["payload"]))), record["stored"])
+            (
+                first_document(gelf_json(base64.b64decode(record["payload"])).decode().lstrip())[0],
+                record["stored"],
+            )
             for record in self.records()
             if record["accepted"]
         ]
