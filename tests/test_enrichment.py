@@ -218,7 +218,7 @@ def test_cloudtrail_source_addresses_are_enriched(moto, subprocess_env, tmp_path
         create_notification_queue,
         put_cloudtrail_files,
     )
-    from tests.test_cloudtrail_pipeline import BUCKET, START, cli_args
+    from tests.test_cloudtrail_pipeline import BUCKET, START, cli_args, day_of
     from tests.test_cloudtrail_pipeline import run_cli as run_cloudtrail
 
     ec2, s3, sqs = aws_client("ec2", moto), aws_client("s3", moto), aws_client("sqs", moto)
@@ -238,7 +238,7 @@ def test_cloudtrail_source_addresses_are_enriched(moto, subprocess_env, tmp_path
     records[1]["sourceIPAddress"] = "10.0.1.20"  # held in two VPCs, and CloudTrail names no VPC
     records[2]["sourceIPAddress"] = "ec2.amazonaws.com"
     records[3]["sourceIPAddress"] = "203.0.113.9"
-    key = "AWSLogs/123456789012/CloudTrail/us-east-1/2026/11/20/enriched.json.gz"
+    key = f"AWSLogs/123456789012/CloudTrail/us-east-1/{day_of(START, sep='/')}/enriched.json.gz"
     put_cloudtrail_files(s3, BUCKET, [(key, cloudtrail_file(records))])
     queue_url, _ = create_notification_queue(sqs, "cloudtrail")
     sqs.send_message(QueueUrl=queue_url, MessageBody=cloudtrail_notification(BUCKET, [key]))
