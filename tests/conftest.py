@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
 import os
-import select
 import shutil
 import socket
 import subprocess
@@ -15,7 +13,10 @@ from pathlib import Path
 import boto3
 import pytest
 
-from tests.graylog_receiver import graylog_receiver_fixture  # noqa: F401 (the `graylog_receiver` fixture)
+from tests.graylog_receiver import (  # noqa: F401 (the `graylog_receiver` fixture)
+    ReceiverProcess,
+    graylog_receiver_fixture,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 REGION = "us-east-1"
@@ -111,8 +112,10 @@ def kinesalite() -> str:
 RECEIVER_JS = REPO / "tests" / "gelf_receiver.js"
 
 
-class NodeReceiver:
+class NodeReceiver(ReceiverProcess):
     """tests/gelf_receiver.js as a subprocess."""
+
+    name = "gelf_receiver.js"
 
     def __init__(self, directory: Path, protocol: str, *extra: str, port: int = 0):
         node = shutil.which("node")
@@ -122,7 +125,6 @@ class NodeReceiver:
             pytest.fail("graygelf is missing: run `npm install` in tests/node (make test does)")
         self.out = directory / f"received-{protocol}-{time.monotonic_ns()}.jsonl"
         self.requests_log = self.out.with_suffix(".requests.jsonl")
-        self.stderr = self.out.with_suffix(".stderr")
         command = [
             node,
             str(RECEIVER_JS),
@@ -135,61 +137,13 @@ class NodeReceiver:
         ]
         if protocol == "http":
             command += ["--requests", str(self.requests_log)]
-        with open(self.stderr, "wb") as err:
-            self.process = subprocess.Popen(command + list(extra), stdout=subprocess.PIPE, stderr=err)
-        self.port = self._wait_ready()
-        # Graylog runs on its own machine; here the receiver shares 2 cores with the pipeline, moto and
-        # pytest, and a starved UDP receiver drops datagrams. Give it the CPU first (root may).
-        try:
-            os.setpriority(os.PRIO_PROCESS, self.process.pid, -10)
-        except OSError:
-            pass
-
-    def _wait_ready(self, timeout: float = 15.0) -> int:
-        deadline = time.monotonic() + timeout
-        line = b""
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                break
-            readable, _, _ = select.select([self.process.stdout], [], [], 0.1)
-            if readable:
-                line = self.process.stdout.readline()
-                if line.startswith(b"READY "):
-                    return int(line.split()[1])
-        self.stop()
-        pytest.fail(f"gelf_receiver.js did not start ({line!r}): {self.stderr.read_text()}")
-
-    def _lines(self, path: Path) -> list[dict]:
-        if not path.exists():
-            return []
-        text = path.read_text()
-        # The receiver may be writing a large message right now: only whole lines are read.
-        complete = text[: text.rfind("\n") + 1]
-        return [json.loads(line) for line in complete.splitlines() if line]
+        self._launch(command + list(extra), self.out.with_suffix(".stderr"), ready_timeout=15.0)
 
     def messages(self) -> list[dict]:
-        return self._lines(self.out)
+        return self.records()
 
     def requests(self) -> list[dict]:
-        return self._lines(self.requests_log)
-
-    def wait_for(self, count: int, timeout: float = 10.0) -> list[dict]:
-        deadline = time.monotonic() + timeout
-        while True:
-            messages = self.messages()
-            if len(messages) >= count or time.monotonic() > deadline:
-                return messages
-            time.sleep(0.05)
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self.process.stdout.close()
+        return self.json_lines(self.requests_log)
 
 
 @pytest.fixture

@@ -152,8 +152,77 @@ def differences(sent: dict, stored: dict) -> list[str]:
     return problems
 
 
-class GraylogReceiver:
+class ReceiverProcess:
+    """A test receiver as a subprocess: it prints `READY <port>` once it listens and appends one JSON line
+    per message to a file. Shared by Graylog's receiver and the Node.js one (tests/conftest.py)."""
+
+    name = "receiver"
+    stop_seconds = 5.0
+
+    def _launch(self, command: list[str], stderr: Path, ready_timeout: float) -> None:
+        self.stderr = stderr
+        with open(stderr, "wb") as err:
+            self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=err)
+        self.port = self._wait_ready(ready_timeout)
+        # Graylog runs on its own machine; here the receiver shares 2 cores with the pipeline, moto and
+        # pytest, and a starved UDP receiver drops datagrams. Give it the CPU first (root may).
+        try:
+            os.setpriority(os.PRIO_PROCESS, self.process.pid, -10)
+        except OSError:
+            pass
+
+    def _wait_ready(self, timeout: float) -> int:
+        deadline = time.monotonic() + timeout
+        line = b""
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                break
+            readable, _, _ = select.select([self.process.stdout], [], [], 0.1)
+            if readable:
+                line = self.process.stdout.readline()
+                if line.startswith(b"READY "):
+                    return int(line.split()[1])
+        self.stop()
+        pytest.fail(f"{self.name} did not start ({line!r}): {self.stderr.read_text()[-4000:]}")
+
+    @staticmethod
+    def json_lines(path: Path) -> list[dict]:
+        """The whole lines of `path` (the receiver may be writing one right now)."""
+        if not path.exists():
+            return []
+        text = path.read_text()
+        complete = text[: text.rfind("\n") + 1]
+        return [json.loads(line) for line in complete.splitlines() if line]
+
+    def records(self) -> list[dict]:
+        return self.json_lines(self.out)
+
+    def wait_for(self, count: int, timeout: float = 10.0) -> list[dict]:
+        """Waits until `count` lines arrived (or the timeout passed) and returns them."""
+        deadline = time.monotonic() + timeout
+        while True:
+            records = self.records()
+            if len(records) >= count or time.monotonic() > deadline:
+                return records
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        """SIGTERM (then SIGKILL): the receiver writes what it has received and exits."""
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=self.stop_seconds)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process.stdout.close()
+
+
+class GraylogReceiver(ReceiverProcess):
     """Graylog's GELF input (tests/graylog) as a subprocess, writing one JSON line per message."""
+
+    name = "the Graylog GELF receiver"
+    stop_seconds = 15.0  # it decodes what connections still hold when they close
 
     def __init__(
         self,
@@ -175,7 +244,6 @@ class GraylogReceiver:
         jar = build_receiver()
         self.protocol = protocol
         self.out = directory / f"graylog-{protocol}-{time.monotonic_ns()}.jsonl"
-        self.stderr = self.out.with_suffix(".stderr")
         command = [
             java,
             "-jar",
@@ -198,37 +266,7 @@ class GraylogReceiver:
             command += ["--max-frame", str(max_frame)]
         if recv_buffer is not None:
             command += ["--recv-buffer", str(recv_buffer)]
-        with open(self.stderr, "wb") as err:
-            self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=err)
-        self.port = self._wait_ready()
-        # As for the Node receiver: a starved UDP receiver drops datagrams; give it the CPU first (root may).
-        try:
-            os.setpriority(os.PRIO_PROCESS, self.process.pid, -10)
-        except OSError:
-            pass
-
-    def _wait_ready(self, timeout: float = 60.0) -> int:
-        deadline = time.monotonic() + timeout
-        line = b""
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                break
-            readable, _, _ = select.select([self.process.stdout], [], [], 0.1)
-            if readable:
-                line = self.process.stdout.readline()
-                if line.startswith(b"READY "):
-                    return int(line.split()[1])
-        self.stop()
-        pytest.fail(f"the Graylog GELF receiver did not start ({line!r}): {self.stderr.read_text()[-4000:]}")
-
-    def records(self) -> list[dict]:
-        """Every line written so far: accepted messages and rejections, in the order they were decided."""
-        if not self.out.exists():
-            return []
-        text = self.out.read_text()
-        # The receiver may be writing a line right now: only whole lines are read.
-        complete = text[: text.rfind("\n") + 1]
-        return [json.loads(line) for line in complete.splitlines() if line]
+        self._launch(command, self.out.with_suffix(".stderr"), ready_timeout=60.0)
 
     def stored(self) -> list[dict]:
         """The documents Graylog would store (Message.toElasticSearchObject, without Graylog's own fields)."""
@@ -248,26 +286,6 @@ class GraylogReceiver:
 
     def rejected(self) -> list[dict]:
         return [record for record in self.records() if not record["accepted"]]
-
-    def wait_for(self, count: int, timeout: float = 10.0) -> list[dict]:
-        """Waits until `count` records arrived (or the timeout passed) and returns the records."""
-        deadline = time.monotonic() + timeout
-        while True:
-            records = self.records()
-            if len(records) >= count or time.monotonic() > deadline:
-                return records
-            time.sleep(0.05)
-
-    def stop(self) -> None:
-        """SIGTERM: the receiver decodes what it has received, writes it, and exits."""
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self.process.stdout.close()
 
 
 @pytest.fixture(name="graylog_receiver")

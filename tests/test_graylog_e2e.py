@@ -9,8 +9,6 @@ with the value and JSON type we sent (`differences`), so nothing we emit is drop
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,11 +22,11 @@ from pipelines.sample_data import (
     deliver_through_cloudwatch,
     flow_log_lines,
 )
-from tests.conftest import REGION, REPO, aws_client
+from tests.conftest import REGION, aws_client
 from tests.graylog_receiver import differences
 from tests.test_cloudtrail_pipeline import BUCKET, START, day_of, records_of
 from tests.test_enrichment import two_vpcs_with_the_same_address
-from tests.test_pipelines import V5_FORMAT
+from tests.test_pipelines import V5_FORMAT, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -192,14 +190,7 @@ def run_pipeline(source: Source, transport: Transport, port: int, moto: str, env
     ]
     if transport.tls:
         args.append(f"--gelf_tls_ca_file={ca}")
-    return subprocess.run(
-        [sys.executable, "-m", f"pipelines.{source.module}", *args],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    return run_cli(source.module, args, env, timeout=300)
 
 
 # The smaller runs keep UDP within what one loopback receiver takes in a burst; HTTP bulk is where messages
