@@ -13,11 +13,20 @@ from transforms.aws import AwsOptions
 from transforms.deadletter import DeadLetterOptions
 from transforms.gelf import GelfOptions
 from transforms.kinesis import KinesisOptions
+from transforms.positions import PositionOptions
 from transforms.rawlogs import RawLogOptions, RawLogsToGelf
 
 NAME = "cloudwatch"
 DEFAULT_SOURCE = "aws-raw-logs"
-OPTIONS = (RunOptions, AwsOptions, KinesisOptions, RawLogOptions, GelfOptions, DeadLetterOptions)
+OPTIONS = (
+    RunOptions,
+    AwsOptions,
+    KinesisOptions,
+    PositionOptions,
+    RawLogOptions,
+    GelfOptions,
+    DeadLetterOptions,
+)
 
 
 def make_to_gelf(options, stream):

@@ -7,6 +7,7 @@ read from AWS before the options are known to be usable.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import difflib
 import json
 import logging
@@ -30,7 +31,7 @@ from pipelines.runners import (
     prepare_runner,
     runner_name,
 )
-from transforms import kinesis
+from transforms import kinesis, stopping
 from transforms.aws import aws_config_from_options
 from transforms.cloudwatch import DecodeSubscription
 from transforms.deadletter import WriteDeadLetters, dead_letter_path_from_options
@@ -39,6 +40,13 @@ from transforms.enrichment import EntityOptions
 from transforms.entities import iam_policy
 from transforms.gelf import WriteToGelf, gelf_config_from_options
 from transforms.kinesis import ReadFromKinesis, kinesis_config_from_options
+from transforms.positions import (
+    LeaseHeld,
+    PositionOptions,
+    StreamLease,
+    position_store_from_options,
+    reset_positions,
+)
 
 _LOG = logging.getLogger("pipelines")
 
@@ -192,6 +200,8 @@ class Plan:
     build: Callable[[beam.Pipeline], None]
     summary: str
     done: Callable[[], bool] | None = None
+    # Held for the whole run (the position store's lease of a local Kinesis run).
+    hold: contextlib.AbstractContextManager = contextlib.nullcontext()
 
 
 def run_cli(
@@ -240,16 +250,23 @@ def run_cli(
     except ValueError as error:
         raise ConfigError(str(error)) from None
 
-    stopper = Stopper()
-    stopper.install()
-    _LOG.info("%s: %s", name, planned.summary)
-    pipeline = beam.Pipeline(options=options)
-    planned.build(pipeline)
-    result = pipeline.run()
-    stopper.attach(result, options, local)
-    if planned.done is not None:
-        stopper.stop_when(planned.done, f"{name}: done")
-    state = stopper.wait(result)
+    try:
+        planned.hold.__enter__()
+    except LeaseHeld as error:
+        raise ConfigError(str(error)) from None
+    try:
+        stopper = Stopper()
+        stopper.install()
+        _LOG.info("%s: %s", name, planned.summary)
+        pipeline = beam.Pipeline(options=options)
+        planned.build(pipeline)
+        result = pipeline.run()
+        stopper.attach(result, options, local)
+        if planned.done is not None:
+            stopper.stop_when(planned.done, f"{name}: done")
+        state = stopper.wait(result)
+    finally:
+        planned.hold.__exit__(None, None, None)
     totals = counters(result)
     summary = ", ".join(f"{k}={v}" for k, v in sorted(totals.items()) if v and not k.startswith("beam/"))
     _LOG.info("%s finished (%s): %s", name, state, summary or "no counters")
@@ -274,14 +291,22 @@ def run_kinesis_pipeline(
         gelf_config = gelf_config_from_options(options)
         dead_letter_path = dead_letter_path_from_options(options)
         to_gelf = make_to_gelf(options, read_config.stream)
-        kinesis.check_stream(read_config)
+        positions = position_store_from_options(options, name, local)
+        stream_key = kinesis.check_stream(read_config)
+        read_config = replace(read_config, positions=positions, stream_key=stream_key)
+        hold = contextlib.nullcontext()
+        if positions is not None:
+            hold = StreamLease(positions, stream_key, stopping.request_stop)
+            if options.view_as(PositionOptions).reset_positions:
+                reset_positions(positions, stream_key, hold.owner)
         return Plan(
+            hold=hold,
             build=lambda pipeline: build_kinesis_to_gelf(
                 pipeline, name, read_config, to_gelf, gelf_config, dead_letter_path
             ),
             summary=f"reading {read_config.stream} ({aws.region}, {read_config.initial_position}) → "
             f"GELF {gelf_config.protocol} {gelf_config.host}:{gelf_config.port}; "
-            f"dead letters in {dead_letter_path}",
+            f"dead letters in {dead_letter_path}" + (f"; positions in {positions.path}" if positions else ""),
         )
 
     return run_cli(name, description, argv, option_classes, plan, demo)

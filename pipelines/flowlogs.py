@@ -15,6 +15,7 @@ from transforms.enrichment import EntityLookups, EntityOptions, lookup_config_fr
 from transforms.flowlogs import FlowLogOptions, FlowLogsToGelf
 from transforms.gelf import GelfOptions
 from transforms.kinesis import KinesisOptions
+from transforms.positions import PositionOptions
 
 NAME = "flowlogs"
 DEFAULT_SOURCE = "aws-flowlogs"
@@ -22,6 +23,7 @@ OPTIONS = (
     RunOptions,
     AwsOptions,
     KinesisOptions,
+    PositionOptions,
     FlowLogOptions,
     EntityOptions,
     GelfOptions,

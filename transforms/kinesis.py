@@ -32,6 +32,7 @@ from botocore.exceptions import ClientError, ConnectionError, HTTPClientError
 
 from transforms.aws import AwsConfig
 from transforms.elements import KinesisRecord
+from transforms.positions import PositionStoreConfig, StoredShard
 from transforms.stopping import stop_requested
 
 _LOG = logging.getLogger(__name__)
@@ -117,6 +118,11 @@ class KinesisReadConfig:
     # worker serves restrictions one after another, so there one restriction polling every shard
     # keeps an idle poll from waiting behind the other shards' idle waits.
     split_shards: bool = True
+    # Local runs: where delivered positions are kept (None on Flink, whose checkpoints keep them).
+    positions: PositionStoreConfig | None = None
+    # The store's key for the stream: its ARN and creation time (a stream deleted and created again under
+    # the same name has new shards and sequence numbers, so the old positions mean nothing there).
+    stream_key: str = ""
 
 
 def parse_timestamp(text: str) -> float:
@@ -175,8 +181,9 @@ def kinesis_config_from_options(options: PipelineOptions, aws: AwsConfig) -> Kin
     )
 
 
-def check_stream(config: KinesisReadConfig) -> None:
-    """Fails at start, with the fix, when the stream cannot be read (name, region or credentials)."""
+def check_stream(config: KinesisReadConfig) -> str:
+    """Fails at start, with the fix, when the stream cannot be read (name, region or credentials);
+    returns the stream's key for the position store: `ARN@creation time`."""
     from botocore.exceptions import BotoCoreError, NoCredentialsError
 
     where = f"in region {config.aws.region}" + (
@@ -206,6 +213,7 @@ def check_stream(config: KinesisReadConfig) -> None:
         ) from None
     if summary.get("StreamStatus") not in ("ACTIVE", "UPDATING"):
         _LOG.warning("Kinesis stream %s is %s", config.stream, summary.get("StreamStatus"))
+    return f"{summary['StreamARN']}@{summary['StreamCreationTimestamp'].isoformat()}"
 
 
 # --- restriction -------------------------------------------------------------------------------
@@ -251,6 +259,7 @@ class ShardEnded:
 
     shard_id: str
     children: tuple[ShardPosition, ...] = ()
+    closed: bool = False  # the shard itself ended (not only caught up in catch-up mode)
 
 
 @dataclass(frozen=True)
@@ -341,16 +350,48 @@ def starting_shards(shards: list[dict], initial_position: str) -> list[str]:
     ]
 
 
-def adopted_children(shards: list[dict], parent_id: str) -> list[str]:
-    """Children that the reader of `parent_id` owns; a merged child belongs to its ParentShardId."""
+def adopted_children(shards: list[dict], parent_id: str, finished: frozenset[str] = frozenset()) -> list[str]:
+    """Children that the reader of `parent_id` owns; a merged child belongs to its ParentShardId, unless
+    that parent is gone or was finished before a restart (`finished`, from the position store)."""
     known = {s["ShardId"] for s in shards}
     children = []
     for s in shards:
         if s.get("ParentShardId") == parent_id:
             children.append(s["ShardId"])
-        elif s.get("AdjacentParentShardId") == parent_id and s.get("ParentShardId") not in known:
+        elif s.get("AdjacentParentShardId") == parent_id and (
+            s.get("ParentShardId") not in known or s.get("ParentShardId") in finished
+        ):
             children.append(s["ShardId"])
     return children
+
+
+def resumed_shards(
+    shards: list[dict], stored: dict[str, StoredShard], initial_position: str
+) -> list[tuple[str, str | None, str]]:
+    """(shard, sequence to resume after, start) for a restart with stored positions: a shard with a
+    stored position resumes after it; one whose parents are finished (or were read, and have since
+    aged out of the stream) starts at TRIM_HORIZON; a lineage root never read starts at
+    `initial_position` (LATEST: only if open). Finished shards are done, and a shard with a listed,
+    unfinished parent is left to that parent's reader, which adopts it."""
+    listed = {s["ShardId"] for s in shards}
+    finished = {shard for shard, state in stored.items() if state.finished}
+    started = []
+    for shard in shards:
+        shard_id = shard["ShardId"]
+        state = stored.get(shard_id)
+        if shard_id in finished:
+            continue
+        if state is not None and state.sequence:
+            started.append((shard_id, state.sequence, "TRIM_HORIZON"))
+            continue
+        parents = [p for p in (shard.get("ParentShardId"), shard.get("AdjacentParentShardId")) if p]
+        if any(p in listed and p not in finished for p in parents):
+            continue
+        if any(p in listed or p in stored for p in parents):
+            started.append((shard_id, None, "TRIM_HORIZON"))
+        elif initial_position != "LATEST" or is_open(shard):
+            started.append((shard_id, None, initial_position))
+    return started
 
 
 class KinesisRestrictionProvider(RestrictionProvider):
@@ -369,6 +410,27 @@ class KinesisRestrictionProvider(RestrictionProvider):
             start, timestamp = "AT_TIMESTAMP", config.initial_timestamp
         else:
             start, timestamp = "TRIM_HORIZON", None
+        stored = self._stored_positions()
+        if stored:
+            resumed = resumed_shards(shards, stored, config.initial_position)
+            positions = tuple(
+                ShardPosition(
+                    shard_id,
+                    after_sequence=after,
+                    start=start if start != "LATEST" else "AT_TIMESTAMP",
+                    start_timestamp=timestamp if start in ("LATEST", "AT_TIMESTAMP") else None,
+                )
+                for shard_id, after, start in resumed
+            )
+            _LOG.info(
+                "Kinesis stream %s: %d shards; resuming %d from the positions in %s (%d finished)",
+                element,
+                len(shards),
+                len(positions),
+                config.positions.path,
+                sum(s.finished for s in stored.values()),
+            )
+            return KinesisRestriction(stream=element, shards=positions)
         positions = tuple(
             ShardPosition(shard_id, start=start, start_timestamp=timestamp)
             for shard_id in starting_shards(shards, config.initial_position)
@@ -381,6 +443,15 @@ class KinesisRestrictionProvider(RestrictionProvider):
             config.initial_position,
         )
         return KinesisRestriction(stream=element, shards=positions)
+
+    def _stored_positions(self) -> dict[str, StoredShard]:
+        if self._config.positions is None:
+            return {}
+        store = self._config.positions.open()
+        try:
+            return store.load(self._config.stream_key)
+        finally:
+            store.close()
 
     def split(self, element, restriction: KinesisRestriction) -> Iterable[KinesisRestriction]:
         """One restriction per shard lineage, so a runner can spread shards over workers."""
@@ -419,6 +490,7 @@ class _ReadShardsFn(beam.DoFn, KinesisRestrictionProvider):
         self._throttles = Metrics.counter("kinesis", "throttles")
         self._renewals = Metrics.counter("kinesis", "iterator_renewals")
         self._shards_finished = Metrics.counter("kinesis", "shards_finished")
+        self._positions_saved = Metrics.counter("kinesis", "positions_saved")
 
     def setup(self):
         # Throttling is handled here, per shard, with back-off; botocore must not retry it blindly.
@@ -427,18 +499,39 @@ class _ReadShardsFn(beam.DoFn, KinesisRestrictionProvider):
         )
         self._iterators: dict[str, tuple[str | None, str]] = {}
         self._rng = random.Random()
+        self._store = self._config.positions.open() if self._config.positions else None
+        self._stored_finished: frozenset[str] = frozenset()
+        if self._store is not None:
+            stored = self._store.load(self._config.stream_key)
+            self._stored_finished = frozenset(s for s, state in stored.items() if state.finished)
+
+    def teardown(self):
+        if getattr(self, "_store", None) is not None:
+            self._store.close()
 
     @beam.DoFn.unbounded_per_element()
     def process(
         self,
         element: str,
+        finalizer=beam.DoFn.BundleFinalizerParam,
         tracker=beam.DoFn.RestrictionParam(),
         watermark=beam.DoFn.WatermarkEstimatorParam(ManualWatermarkEstimator.default_provider()),
     ):
-        yield from self._read(tracker, watermark)
+        delivered: dict[str, str] = {}
+        finished: list[str] = []
+        yield from self._read(tracker, watermark, delivered, finished)
+        if self._store is not None and (delivered or finished):
+            # Runs once the bundle, with the GELF sink fused after this reader, has completed: what
+            # these positions cover has been delivered.
+            finalizer.register(lambda: self._save(delivered, finished))
 
-    def _read(self, tracker, watermark):
-        """Reads due shards until data was emitted, all is done, or the time slice is used up."""
+    def _save(self, delivered: dict[str, str], finished: list[str]) -> None:
+        self._store.save(self._config.stream_key, delivered, finished)
+        self._positions_saved.inc()
+
+    def _read(self, tracker, watermark, delivered: dict[str, str], finished: list[str]):
+        """Reads due shards until data was emitted, all is done, or the time slice is used up; notes in
+        `delivered` and `finished` the positions its records and claims reach."""
         config = self._config
         deadline = time.monotonic() + config.max_process_seconds
         while True:
@@ -465,6 +558,10 @@ class _ReadShardsFn(beam.DoFn, KinesisRestrictionProvider):
                     return  # checkpointed by the runner: the residual re-reads from the last claim
                 for record in records:
                     yield TimestampedValue(record, Timestamp.of(record.arrival_time))
+                if records:
+                    delivered[position.shard_id] = records[-1].sequence_number
+                if isinstance(claim, ShardEnded) and claim.closed:
+                    finished.append(claim.shard_id)
                 emitted = emitted or bool(records)
             if emitted:
                 # Let the fused downstream finish this bundle (and deliver) before reading more.
@@ -594,7 +691,7 @@ class _ReadShardsFn(beam.DoFn, KinesisRestrictionProvider):
             _LOG.info("Kinesis %s %s: caught up, finished (--stop_at_latest)", stream, position.shard_id)
             return ShardEnded(position.shard_id)
         shards = list_shards(self._client, stream)
-        children = adopted_children(shards, position.shard_id)
+        children = adopted_children(shards, position.shard_id, self._stored_finished)
         _LOG.info(
             "Kinesis %s %s: closed and read to its end; continuing with %s",
             stream,
@@ -606,6 +703,7 @@ class _ReadShardsFn(beam.DoFn, KinesisRestrictionProvider):
             tuple(
                 ShardPosition(child, start="TRIM_HORIZON", watermark=position.watermark) for child in children
             ),
+            closed=True,
         )
 
 
