@@ -32,7 +32,7 @@ from pipelines.runners import (
     runner_name,
 )
 from transforms import kinesis, stopping
-from transforms.aws import aws_config_from_options
+from transforms.aws import aws_config_from_options, region_from_options
 from transforms.cloudwatch import DecodeSubscription
 from transforms.deadletter import WriteDeadLetters, dead_letter_path_from_options
 from transforms.elements import DEAD_LETTER
@@ -47,6 +47,7 @@ from transforms.positions import (
     position_store_from_options,
     reset_positions,
 )
+from transforms.positions_dynamodb import table_policy_statement
 
 _LOG = logging.getLogger("pipelines")
 
@@ -223,6 +224,16 @@ def run_cli(
     if EntityOptions in option_classes and options.view_as(EntityOptions).print_iam_policy:
         roles = [r for r in (options.view_as(EntityOptions).lookup_role_arns or "").split(",") if r]
         policies = {"pipeline": iam_policy(roles)}
+        if PositionOptions in option_classes:
+            positions = options.view_as(PositionOptions)
+            if positions.position_store == "dynamodb":
+                policies["pipeline"]["Statement"].append(
+                    table_policy_statement(
+                        region_from_options(options) or "*",
+                        positions.position_table,
+                        positions.create_position_table,
+                    )
+                )
         if roles:
             policies["each lookup role"] = iam_policy()
         print(json.dumps(policies, indent=2))
@@ -291,7 +302,7 @@ def run_kinesis_pipeline(
         gelf_config = gelf_config_from_options(options)
         dead_letter_path = dead_letter_path_from_options(options)
         to_gelf = make_to_gelf(options, read_config.stream)
-        positions = position_store_from_options(options, name, local)
+        positions = position_store_from_options(options, name, local, aws)
         stream_key = kinesis.check_stream(read_config)
         read_config = replace(read_config, positions=positions, stream_key=stream_key)
         hold = contextlib.nullcontext()
@@ -306,7 +317,8 @@ def run_kinesis_pipeline(
             ),
             summary=f"reading {read_config.stream} ({aws.region}, {read_config.initial_position}) → "
             f"GELF {gelf_config.protocol} {gelf_config.host}:{gelf_config.port}; "
-            f"dead letters in {dead_letter_path}" + (f"; positions in {positions.path}" if positions else ""),
+            f"dead letters in {dead_letter_path}"
+            + (f"; positions in {positions.where}" if positions else ""),
         )
 
     return run_cli(name, description, argv, option_classes, plan, demo)

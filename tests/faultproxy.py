@@ -30,12 +30,20 @@ class FaultPolicy:
     `expire_after` successful calls on it."""
 
     def __init__(
-        self, throttle_every: int = 0, expire_after: int = 0, throttle_first: int = 0, fail_describe=False
+        self,
+        throttle_every: int = 0,
+        expire_after: int = 0,
+        throttle_first: int = 0,
+        fail_describe=False,
+        trimmed_through: int = 0,
     ):
         self.throttle_every = throttle_every
         self.expire_after = expire_after
         self.throttle_first = throttle_first
         self.fail_describe = fail_describe  # may be switched while the proxy runs
+        # Records up to this sequence number count as trimmed (past retention), which neither moto nor
+        # kinesalite ever answers: an AFTER_SEQUENCE_NUMBER iterator on one is refused as AWS does.
+        self.trimmed_through = trimmed_through
 
 
 class KinesisFaultProxy:
@@ -64,6 +72,11 @@ class KinesisFaultProxy:
         self.server.server_close()
 
     def _decide(self, target: str, body: dict) -> str | None:
+        if target.endswith(".GetShardIterator"):
+            sequence = body.get("StartingSequenceNumber", "")
+            if sequence.isdigit() and int(sequence) <= self.policy.trimmed_through:
+                return "InvalidArgumentException"
+            return None
         if not target.endswith(".GetRecords"):
             return None
         with self.lock:
@@ -119,7 +132,14 @@ class KinesisFaultProxy:
                 if fault:
                     with proxy.lock:
                         proxy.injected[fault] += 1
-                    body = json.dumps({"__type": fault, "message": f"{fault} (injected by the test proxy)"})
+                    message = f"{fault} (injected by the test proxy)"
+                    if fault == "InvalidArgumentException":
+                        message = (
+                            f"StartingSequenceNumber {request.get('StartingSequenceNumber')} used in "
+                            f"GetShardIterator on shard {request.get('ShardId')} is no longer available: "
+                            "it is past the stream's retention (injected by the test proxy)"
+                        )
+                    body = json.dumps({"__type": fault, "message": message})
                     self._reply(400, body.encode(), {"Content-Type": "application/x-amz-json-1.1"})
                     return
                 conn = http.client.HTTPConnection(proxy.upstream.hostname, proxy.upstream.port, timeout=60)

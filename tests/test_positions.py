@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import time
+from dataclasses import replace
 
 import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from pipelines.flowlogs import run as flowlogs_main
+from tests.conftest import REGION, aws_client
+from transforms.aws import AwsConfig
 from transforms.kinesis import adopted_children, resumed_shards
 from transforms.positions import (
-    FilePositionStore,
     LeaseHeld,
     PositionStoreConfig,
     StoredShard,
@@ -18,22 +22,38 @@ from transforms.positions import (
     new_owner,
     position_store_from_options,
 )
+from transforms.positions_dynamodb import ensure_table
 
 ARN = "arn:aws:kinesis:us-east-1:123456789012:stream/flowlogs"
 SEQ = "49590338271490256608559692538361571095921575989136588898"  # 56 digits, as AWS writes them
 
 
-def store(tmp_path, pipeline: str = "flowlogs") -> FilePositionStore:
-    return FilePositionStore(tmp_path / "state" / "positions.sqlite", pipeline)
+@pytest.fixture(params=["file", "dynamodb"])
+def store_config(request, tmp_path) -> PositionStoreConfig:
+    """Each store kind: a SQLite file, and a DynamoDB table on moto (created by the store's check)."""
+    if request.param == "file":
+        return PositionStoreConfig(str(tmp_path / "state" / "positions.sqlite"), "flowlogs")
+    moto = request.getfixturevalue("moto")
+    aws = AwsConfig(region=REGION, endpoint_url=moto, access_key_id="testing", secret_access_key="testing")
+    ensure_table(aws, "positions", create=True)
+    return PositionStoreConfig(None, "flowlogs", table="positions", aws=aws)
 
 
-def test_positions_survive_reopening_and_never_move_back(tmp_path):
-    first = store(tmp_path)
+@pytest.fixture
+def store(store_config):
+    def open_store(pipeline: str = "flowlogs"):
+        return replace(store_config, pipeline=pipeline).open()
+
+    return open_store
+
+
+def test_positions_survive_reopening_and_never_move_back(store):
+    first = store()
     first.save(ARN, {"shard-0": "200", "shard-1": SEQ})
     first.save(ARN, {"shard-0": "99"})  # a late finalizer of an earlier bundle
     first.close()
 
-    again = store(tmp_path)
+    again = store()
     assert again.load(ARN) == {"shard-0": StoredShard("200", False), "shard-1": StoredShard(SEQ, False)}
     again.save(ARN, {"shard-1": str(int(SEQ) + 1)}, finished=["shard-0"])
     again.save(ARN, {"shard-0": "300"})
@@ -41,8 +61,8 @@ def test_positions_survive_reopening_and_never_move_back(tmp_path):
     assert again.load(ARN)["shard-1"].sequence == str(int(SEQ) + 1), "compared as numbers"
 
 
-def test_positions_are_kept_per_pipeline_and_stream(tmp_path):
-    flowlogs, raw = store(tmp_path, "flowlogs"), store(tmp_path, "cloudwatch")
+def test_positions_are_kept_per_pipeline_and_stream(store):
+    flowlogs, raw = store("flowlogs"), store("cloudwatch")
     flowlogs.save(ARN, {"shard-0": "5"})
     flowlogs.save(ARN + "-other", {"shard-0": "7"})
     assert raw.load(ARN) == {}
@@ -51,8 +71,8 @@ def test_positions_are_kept_per_pipeline_and_stream(tmp_path):
     assert flowlogs.load(ARN + "-other"), "a reset forgets one stream only"
 
 
-def test_a_second_reader_is_refused_naming_the_holder_until_the_lease_expires(tmp_path):
-    first, second = store(tmp_path), store(tmp_path)
+def test_a_second_reader_is_refused_naming_the_holder_until_the_lease_expires(store):
+    first, second = store(), store()
     first.acquire(ARN, "host-a:100:x", seconds=0.5)
     with pytest.raises(LeaseHeld, match="flowlogs on .* is being read by host-a:100:x"):
         second.acquire(ARN, "host-b:200:y", seconds=0.5)
@@ -64,12 +84,12 @@ def test_a_second_reader_is_refused_naming_the_holder_until_the_lease_expires(tm
     first.acquire(ARN, "host-a:100:x", seconds=30)
 
 
-def _hold_and_die(path: str) -> None:
-    FilePositionStore(path, "flowlogs").acquire(ARN, new_owner(), seconds=30.0)
+def _hold_and_die(config: PositionStoreConfig) -> None:
+    config.open().acquire(ARN, new_owner(), seconds=30.0)
 
 
-def test_a_lease_is_renewed_while_the_run_lasts_and_given_back_at_its_end(tmp_path):
-    config = PositionStoreConfig(str(tmp_path / "positions.sqlite"), "flowlogs", lease_seconds=0.6)
+def test_a_lease_is_renewed_while_the_run_lasts_and_given_back_at_its_end(store_config):
+    config = replace(store_config, lease_seconds=0.6)
     lost = []
     with StreamLease(config, ARN, on_lost=lambda: lost.append(True)) as lease:
         time.sleep(1.5)  # longer than the lease: only renewals keep it
@@ -79,17 +99,60 @@ def test_a_lease_is_renewed_while_the_run_lasts_and_given_back_at_its_end(tmp_pa
     assert lost == []
 
 
-def test_the_lease_of_a_dead_process_of_this_host_is_taken_over_at_once(tmp_path):
-    path = str(tmp_path / "positions.sqlite")
-    process = multiprocessing.get_context("spawn").Process(target=_hold_and_die, args=(path,))
+def test_the_lease_of_a_dead_process_of_this_host_is_taken_over_at_once(store_config, store):
+    process = multiprocessing.get_context("spawn").Process(target=_hold_and_die, args=(store_config,))
     process.start()
     process.join()  # it took a 30 s lease, and died
-    FilePositionStore(path, "flowlogs").acquire(ARN, new_owner(), seconds=5)
+    assert process.exitcode == 0
+    store().acquire(ARN, new_owner(), seconds=5)
 
-    elsewhere = FilePositionStore(path, "other")
+    elsewhere = store("other")
     elsewhere.acquire(ARN, "another-host:1:x", seconds=30)
     with pytest.raises(LeaseHeld, match="another-host:1:x"):
-        FilePositionStore(path, "other").acquire(ARN, new_owner(), seconds=5)
+        store("other").acquire(ARN, new_owner(), seconds=5)
+
+
+def test_a_reset_forgets_every_shard_of_the_stream(store):
+    positions = store()
+    positions.save(
+        ARN, {f"shardId-{i:012d}": str(i + 1) for i in range(60)}, finished=["shardId-000000000001"]
+    )
+    positions.save(ARN + "-other", {"shard-0": "1"})
+    assert len(positions.load(ARN)) == 60
+    assert positions.reset(ARN) == 60
+    assert positions.load(ARN) == {} and len(positions.load(ARN + "-other")) == 1
+
+
+def test_a_dynamodb_table_is_created_when_missing_and_checked_when_present(moto):
+    aws = AwsConfig(region=REGION, endpoint_url=moto, access_key_id="testing", secret_access_key="testing")
+    with pytest.raises(
+        ValueError, match="--position_table=missing does not exist.*--no_create_position_table"
+    ):
+        ensure_table(aws, "missing", create=False)
+    ensure_table(aws, "made", create=True)
+    ensure_table(aws, "made", create=False)
+    aws_client("dynamodb", moto).create_table(
+        TableName="other-schema",
+        KeySchema=[{"AttributeName": "id", "KeyType": "HASH"}],
+        AttributeDefinitions=[{"AttributeName": "id", "AttributeType": "S"}],
+        BillingMode="PAY_PER_REQUEST",
+    )
+    with pytest.raises(ValueError, match="--position_table=other-schema has the key schema"):
+        ensure_table(aws, "other-schema", create=True)
+    config = position_store_from_options(
+        options("--position_store=dynamodb", "--position_table=from-options"), "flowlogs", True, aws
+    )
+    assert config.where == "the DynamoDB table from-options"
+    assert "from-options" in aws_client("dynamodb", moto).list_tables()["TableNames"]
+
+
+def test_the_dynamodb_store_keeps_sequence_numbers_longer_than_a_dynamodb_number(store_config):
+    longest = "1" + "9" * 128  # the most digits AWS allows
+    positions = store_config.open()
+    positions.save(ARN, {"shard-0": SEQ})
+    positions.save(ARN, {"shard-0": longest})
+    positions.save(ARN, {"shard-0": str(int(SEQ) * 10)})  # more digits than SEQ, fewer than longest
+    assert positions.load(ARN)["shard-0"].sequence == longest
 
 
 def listed(
@@ -165,3 +228,21 @@ def test_the_store_is_local_only_and_its_options_are_checked(tmp_path):
         position_store_from_options(options("--state_dir=/proc/self/x"), "flowlogs", local=True)
     with pytest.raises(ValueError, match="--lease_seconds=1.0 is too short"):
         position_store_from_options(options("--lease_seconds=1"), "flowlogs", local=True)
+
+
+def test_the_iam_policy_grants_the_position_table(capsys):
+    assert flowlogs_main(["--print_iam_policy", "--position_store=dynamodb", "--region=eu-west-1"]) == 0
+    statements = json.loads(capsys.readouterr().out)["pipeline"]["Statement"]
+    table = next(s for s in statements if s["Sid"] == "ReadingPositionsTable")
+    assert table["Resource"] == "arn:aws:dynamodb:eu-west-1:*:table/aws-gelf-pipelines-positions"
+    assert {"dynamodb:UpdateItem", "dynamodb:Query", "dynamodb:CreateTable"} <= set(table["Action"])
+    assert (
+        flowlogs_main(["--print_iam_policy", "--position_store=dynamodb", "--no_create_position_table"]) == 0
+    )
+    statements = json.loads(capsys.readouterr().out)["pipeline"]["Statement"]
+    assert (
+        "dynamodb:CreateTable"
+        not in next(s for s in statements if s["Sid"] == "ReadingPositionsTable")["Action"]
+    )
+    assert flowlogs_main(["--print_iam_policy"]) == 0
+    assert "ReadingPositionsTable" not in capsys.readouterr().out, "the file store needs no AWS permission"

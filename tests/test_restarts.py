@@ -16,9 +16,12 @@ import pytest
 
 from pipelines.sample_data import cloudwatch_start_ms, create_flow_log_stream, deliver_through_cloudwatch
 from tests.conftest import REGION, REPO, NodeReceiver, aws_client
+from tests.faultproxy import FaultPolicy, KinesisFaultProxy
 from tests.test_pipelines import LOG_GROUP, STREAM
 
 pytestmark = pytest.mark.slow
+
+LINE = "2 123456789012 eni-0a1b2c3d 10.0.0.1 10.0.0.2 80 2264 6 10 840 1700000000 1700000060 ACCEPT OK"
 
 
 def flowlogs_args(moto: str, port: int, tmp_path, *extra: str) -> list[str]:
@@ -43,13 +46,12 @@ def start(args: list[str], env: dict, log) -> subprocess.Popen:
     )
 
 
-def numbered_events(moto: str, count: int) -> int:
+def numbered_events(moto: str, count: int, batch_size: int = 500) -> int:
     """`count` flow-log events through CloudWatch Logs, each with its own millisecond; returns the first."""
     logs = aws_client("logs", moto)
     create_flow_log_stream(aws_client("kinesis", moto), logs, STREAM, LOG_GROUP, shards=2)
-    line = "2 123456789012 eni-0a1b2c3d 10.0.0.1 10.0.0.2 80 2264 6 10 840 1700000000 1700000060 ACCEPT OK"
     first = cloudwatch_start_ms()
-    deliver_through_cloudwatch(logs, LOG_GROUP, [line] * count, batch_size=500, start_ms=first)
+    deliver_through_cloudwatch(logs, LOG_GROUP, [LINE] * count, batch_size=batch_size, start_ms=first)
     return first
 
 
@@ -81,14 +83,21 @@ def test_a_finished_run_started_again_sends_nothing_twice(moto, subprocess_env, 
     assert len(counts) == 2_000 and max(counts.values()) == 1, "the second run read on after the first"
 
 
-@pytest.mark.parametrize("how", ["SIGKILL", "SIGTERM"])
-def test_a_restart_after_a_kill_loses_nothing(moto, subprocess_env, tmp_path, how):
+STORES = {"file": (), "dynamodb": ("--position_store=dynamodb", "--position_table=positions")}
+
+
+@pytest.mark.parametrize(
+    ("how", "store"), [("SIGKILL", "file"), ("SIGTERM", "file"), ("SIGKILL", "dynamodb")]
+)
+def test_a_restart_after_a_kill_loses_nothing(moto, subprocess_env, tmp_path, how, store):
     total = 100_000
     numbered_events(moto, total)
     receiver = NodeReceiver(tmp_path, "tcp")
     logs = []
     try:
-        args = flowlogs_args(moto, receiver.port, tmp_path, "--kinesis_max_records=20")
+        # 2 records of 500 events a call, 5 calls a second a shard: about 10,000 events a second, so the
+        # kill lands in the middle of the stream.
+        args = flowlogs_args(moto, receiver.port, tmp_path, "--kinesis_max_records=2", *STORES[store])
         with open(tmp_path / "first.log", "w") as log:
             first = start(args, subprocess_env, log)
             wait_until(lambda: sum(arrivals(receiver).values()) >= total // 3, 240, "a third of the events")
@@ -113,23 +122,26 @@ def test_a_restart_after_a_kill_loses_nothing(moto, subprocess_env, tmp_path, ho
         ]
     duplicates = sum(counts.values()) - len(counts)
     print(
-        f"\n{how} after {before} of {total} events: {len(counts)} distinct delivered, {duplicates} duplicates"
+        f"\n{how} ({store} store) after {before} of {total} events: {len(counts)} distinct delivered, "
+        f"{duplicates} duplicates"
     )
+    assert before < total, "the first run was stopped before it had delivered everything"
     assert len(counts) == total, logs
     if how == "SIGTERM":
         assert duplicates == 0, "a clean stop saves what it delivered"
     else:
-        # A bundle is at most 20 Kinesis records per shard of 500 events each.
-        assert duplicates <= 2 * 20 * 500, duplicates
+        # A bundle is at most one call's 2 Kinesis records per shard, of 500 events each.
+        assert duplicates <= 2 * 2 * 500, duplicates
 
 
+@pytest.mark.parametrize("store", ["file", "dynamodb"])
 def test_a_second_reader_is_refused_while_the_first_runs_and_takes_over_once_it_is_killed(
-    moto, subprocess_env, tmp_path
+    moto, subprocess_env, tmp_path, store
 ):
     numbered_events(moto, 1_000)
     receiver = NodeReceiver(tmp_path, "tcp")
     try:
-        args = flowlogs_args(moto, receiver.port, tmp_path)
+        args = flowlogs_args(moto, receiver.port, tmp_path, *STORES[store])
         with open(tmp_path / "first.log", "w") as log:
             first = start(args, subprocess_env, log)
             wait_until(lambda: len(arrivals(receiver)) >= 1_000, 120, "the first reader's events")
@@ -153,3 +165,32 @@ def test_a_second_reader_is_refused_while_the_first_runs_and_takes_over_once_it_
         receiver.stop()
     assert "resuming 2 from the positions" in (tmp_path / "second.log").read_text()
     assert len(counts) == 1_000
+
+
+def test_a_stored_position_past_retention_is_read_from_trim_horizon_counted_and_delivered(
+    moto, subprocess_env, tmp_path
+):
+    first = numbered_events(moto, 1_000, batch_size=50)  # 20 records: both shards get some
+    receiver = NodeReceiver(tmp_path, "tcp")
+    try:
+        with open(tmp_path / "first.log", "w") as log:
+            args = flowlogs_args(moto, receiver.port, tmp_path, "--stop_at_latest")
+            assert start(args, subprocess_env, log).wait(timeout=240) == 0
+        deliver_through_cloudwatch(
+            aws_client("logs", moto), LOG_GROUP, [LINE] * 1_000, batch_size=500, start_ms=first + 1_000
+        )
+        # While the pipeline was down, the stream trimmed every record it had delivered.
+        with KinesisFaultProxy(moto, FaultPolicy(trimmed_through=10**130)) as proxy:
+            with open(tmp_path / "second.log", "w") as log:
+                args = flowlogs_args(proxy.url, receiver.port, tmp_path, "--stop_at_latest")
+                assert start(args, subprocess_env, log).wait(timeout=240) == 0
+        counts = arrivals(receiver)
+    finally:
+        receiver.stop()
+    second = (tmp_path / "second.log").read_text()
+    assert proxy.injected["InvalidArgumentException"] == 2, "both shards resumed after a stored position"
+    assert second.count("is no longer in the stream") == 2 and "reading from TRIM_HORIZON" in second
+    assert "kinesis/positions_expired=2" in second
+    assert len(counts) == 2_000, "the new events are delivered"
+    # moto keeps every record, so TRIM_HORIZON here is the stream's start: the first run's events again.
+    assert sorted(Counter(counts.values()).items()) == [(1, 1_000), (2, 1_000)]

@@ -131,14 +131,19 @@ class AwsConfig:
         return boto3.Session(botocore_session=botocore_session, region_name=self.region)
 
 
-def aws_config_from_options(options: PipelineOptions) -> AwsConfig:
-    """Validated AWS settings; a wrong combination fails at start, naming the option."""
-    aws = options.view_as(AwsOptions)
-    region = (
+def region_from_options(options: PipelineOptions) -> str | None:
+    """Beam's --region, else the AWS SDK's environment variables."""
+    return (
         options.view_as(GoogleCloudOptions).region
         or os.environ.get("AWS_REGION")
         or os.environ.get("AWS_DEFAULT_REGION")
     )
+
+
+def aws_config_from_options(options: PipelineOptions) -> AwsConfig:
+    """Validated AWS settings; a wrong combination fails at start, naming the option."""
+    aws = options.view_as(AwsOptions)
+    region = region_from_options(options)
     if not region:
         raise ValueError(
             "--region is required: the AWS region of the stream or queue to read, e.g. --region=eu-west-1 "

@@ -338,6 +338,16 @@ def is_open(shard: dict) -> bool:
     return "EndingSequenceNumber" not in shard.get("SequenceNumberRange", {})
 
 
+def is_position_past_retention(error: ClientError) -> bool:
+    """How Kinesis refuses an AFTER_SEQUENCE_NUMBER iterator whose record has been trimmed: an
+    InvalidArgumentException about the StartingSequenceNumber."""
+    details = error.response.get("Error", {})
+    message = details.get("Message", "").lower()
+    return details.get("Code") == "InvalidArgumentException" and (
+        "startingsequencenumber" in message or "starting sequence number" in message
+    )
+
+
 def starting_shards(shards: list[dict], initial_position: str) -> list[str]:
     """Shards to start reading: the open ones for LATEST, the lineage roots otherwise."""
     if initial_position == "LATEST":
@@ -427,7 +437,7 @@ class KinesisRestrictionProvider(RestrictionProvider):
                 element,
                 len(shards),
                 len(positions),
-                config.positions.path,
+                config.positions.where,
                 sum(s.finished for s in stored.values()),
             )
             return KinesisRestriction(stream=element, shards=positions)
@@ -491,6 +501,7 @@ class _ReadShardsFn(beam.DoFn, KinesisRestrictionProvider):
         self._renewals = Metrics.counter("kinesis", "iterator_renewals")
         self._shards_finished = Metrics.counter("kinesis", "shards_finished")
         self._positions_saved = Metrics.counter("kinesis", "positions_saved")
+        self._positions_expired = Metrics.counter("kinesis", "positions_expired")
 
     def setup(self):
         # Throttling is handled here, per shard, with back-off; botocore must not retry it blindly.
@@ -583,7 +594,7 @@ class _ReadShardsFn(beam.DoFn, KinesisRestrictionProvider):
         now = time.time()
         min_interval = 1.0 / config.max_polls_per_second
         try:
-            iterator = self._iterator(stream, position)
+            iterator, position = self._iterator(stream, position)
             response = self._client.get_records(ShardIterator=iterator, Limit=config.max_records)
         except ClientError as error:
             code = error.response.get("Error", {}).get("Code", "")
@@ -656,10 +667,12 @@ class _ReadShardsFn(beam.DoFn, KinesisRestrictionProvider):
         self._bytes.inc(total_bytes)
         return records
 
-    def _iterator(self, stream: str, position: ShardPosition) -> str:
+    def _iterator(self, stream: str, position: ShardPosition) -> tuple[str, ShardPosition]:
+        """An iterator for the position, and the position it reads from: TRIM_HORIZON instead of a stored
+        position that the stream no longer holds."""
         cached = self._iterators.get(position.shard_id)
         if cached and cached[0] == position.after_sequence:
-            return cached[1]
+            return cached[1], position
         kwargs = {"StreamName": stream, "ShardId": position.shard_id}
         if position.after_sequence:
             kwargs.update(
@@ -669,9 +682,27 @@ class _ReadShardsFn(beam.DoFn, KinesisRestrictionProvider):
             kwargs.update(ShardIteratorType="AT_TIMESTAMP", Timestamp=position.start_timestamp)
         else:
             kwargs.update(ShardIteratorType=position.start)
-        iterator = self._client.get_shard_iterator(**kwargs)["ShardIterator"]
+        try:
+            iterator = self._client.get_shard_iterator(**kwargs)["ShardIterator"]
+        except ClientError as error:
+            if not (position.after_sequence and is_position_past_retention(error)):
+                raise
+            self._positions_expired.inc()
+            _LOG.warning(
+                "Kinesis %s %s: the position %s is no longer in the stream (%s); reading from TRIM_HORIZON. "
+                "Records trimmed while the pipeline was down are lost: run it longer than the stream's "
+                "retention apart, or raise the retention.",
+                stream,
+                position.shard_id,
+                position.after_sequence,
+                error.response.get("Error", {}).get("Message", ""),
+            )
+            position = replace(position, after_sequence=None, start="TRIM_HORIZON", start_timestamp=None)
+            iterator = self._client.get_shard_iterator(
+                StreamName=stream, ShardId=position.shard_id, ShardIteratorType="TRIM_HORIZON"
+            )["ShardIterator"]
         self._iterators[position.shard_id] = (position.after_sequence, iterator)
-        return iterator
+        return iterator, position
 
     def _backoff(self, stream: str, position: ShardPosition, reason: str) -> Advance:
         self._throttles.inc()

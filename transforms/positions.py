@@ -1,7 +1,8 @@
 """Where a local run keeps how far each Kinesis shard was delivered, so a restart resumes there.
 
-Flink keeps the reader's positions in its checkpoints; a DirectRunner run keeps them here, in a SQLite file
-under `--state_dir` (standard library, nothing to install). Per pipeline, stream ARN and shard: the last
+Flink keeps the reader's positions in its checkpoints; a DirectRunner run keeps them here: in a SQLite file
+under `--state_dir` (standard library, nothing to install), or in a DynamoDB table for runs without a
+persistent disk (transforms/positions_dynamodb.py). Per pipeline, stream ARN and shard: the last
 sequence number delivered (written from a bundle finalizer, so only once the GELF sink fused after the
 reader has flushed that bundle) and whether the shard was finished (closed and read to its end), so a
 restart reads children only after their parents. A lease (owner, expiry) lets one process read a stream
@@ -20,12 +21,20 @@ import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from apache_beam.options.pipeline_options import PipelineOptions
+from botocore.exceptions import BotoCoreError, ClientError
+
+from transforms.aws import AwsConfig
+
+if TYPE_CHECKING:
+    from transforms.positions_dynamodb import DynamoPositionStore
 
 _LOG = logging.getLogger(__name__)
 
-POSITION_STORES = ("file", "none")
+POSITION_STORES = ("file", "dynamodb", "none")
+DEFAULT_POSITION_TABLE = "aws-gelf-pipelines-positions"
 DEFAULT_LEASE_SECONDS = 30.0
 
 
@@ -38,7 +47,22 @@ class PositionOptions(PipelineOptions):
             default="file",
             choices=POSITION_STORES,
             help="Where a DirectRunner run keeps the last delivered sequence number of each shard: file "
-            "(SQLite under --state_dir) or none (every start begins at --initial_position).",
+            "(SQLite under --state_dir), dynamodb (the table --position_table, for hosts without a "
+            "persistent disk) or none (every start begins at --initial_position).",
+        )
+        group.add_argument(
+            "--position_table",
+            default=DEFAULT_POSITION_TABLE,
+            help="The DynamoDB table of --position_store=dynamodb (partition key pk, sort key sk, strings); "
+            "created on first use unless --no_create_position_table.",
+        )
+        group.add_argument(
+            "--no_create_position_table",
+            dest="create_position_table",
+            default=True,
+            action="store_false",
+            help="Do not create --position_table when it is missing (fail at start instead); the pipeline "
+            "then needs no dynamodb:CreateTable permission.",
         )
         group.add_argument(
             "--state_dir",
@@ -68,14 +92,25 @@ class StoredShard:
 
 @dataclass(frozen=True)
 class PositionStoreConfig:
-    """Picklable: each worker opens the store itself."""
+    """Picklable: each worker opens the store itself. A file path, or a DynamoDB table and the AWS
+    identity that reaches it."""
 
-    path: str
+    path: str | None
     pipeline: str
     lease_seconds: float = DEFAULT_LEASE_SECONDS
+    table: str | None = None
+    aws: AwsConfig | None = None
 
-    def open(self) -> FilePositionStore:
+    def open(self) -> FilePositionStore | DynamoPositionStore:
+        if self.table is not None:
+            from transforms.positions_dynamodb import DynamoPositionStore
+
+            return DynamoPositionStore(self.aws, self.table, self.pipeline)
         return FilePositionStore(self.path, self.pipeline)
+
+    @property
+    def where(self) -> str:
+        return f"the DynamoDB table {self.table}" if self.table is not None else str(self.path)
 
 
 class LeaseHeld(ValueError):
@@ -118,7 +153,8 @@ def later_sequence(a: str | None, b: str | None) -> str | None:
 
 
 class FilePositionStore:
-    """Positions and leases in one SQLite file; each write is a transaction, safe against a kill."""
+    """Positions and leases in one SQLite file; each write is a transaction, safe against a kill.
+    The interface every store has: load, save, reset, acquire, renew, release, close."""
 
     def __init__(self, path: str | os.PathLike[str], pipeline: str):
         self.path = Path(path)
@@ -218,14 +254,25 @@ class _transaction:
 
 
 def position_store_from_options(
-    options: PipelineOptions, pipeline: str, local: bool
+    options: PipelineOptions, pipeline: str, local: bool, aws: AwsConfig | None = None
 ) -> PositionStoreConfig | None:
-    """The store of a local run (None on Flink, or with --position_store=none)."""
+    """The store of a local run (None on Flink, or with --position_store=none); a DynamoDB table is
+    checked, or created, here."""
     o = options.view_as(PositionOptions)
     if not local or o.position_store == "none":
         return None
     if o.lease_seconds < 5:
         raise ValueError(f"--lease_seconds={o.lease_seconds} is too short: use at least 5 (default 30).")
+    if o.position_store == "dynamodb":
+        from transforms.positions_dynamodb import ensure_table
+
+        table = (o.position_table or "").strip()
+        if not table:
+            raise ValueError(f"--position_table must name a table (default {DEFAULT_POSITION_TABLE}).")
+        if aws is None:
+            raise ValueError("--position_store=dynamodb needs the AWS options of the pipeline.")
+        ensure_table(aws, table, o.create_position_table)
+        return PositionStoreConfig(None, pipeline, o.lease_seconds, table=table, aws=aws)
     state_dir = Path(o.state_dir or "").expanduser()
     if not str(o.state_dir or "").strip():
         raise ValueError("--state_dir must not be empty: name a directory on a persistent disk.")
@@ -287,7 +334,7 @@ class StreamLease:
                         )
                         self._on_lost()
                         return
-                except sqlite3.Error as error:
+                except (sqlite3.Error, BotoCoreError, ClientError) as error:
                     _LOG.warning("Could not renew the lease on %s: %s", self._stream, error)
         finally:
             store.close()
