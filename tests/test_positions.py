@@ -246,3 +246,10 @@ def test_the_iam_policy_grants_the_position_table(capsys):
     )
     assert flowlogs_main(["--print_iam_policy"]) == 0
     assert "ReadingPositionsTable" not in capsys.readouterr().out, "the file store needs no AWS permission"
+
+
+def test_under_latest_the_children_of_a_closed_shard_never_read_start_themselves():
+    shards = [listed("quiet", closed=True), listed("q1", parent="quiet"), listed("q2", parent="quiet")]
+    stored = {"elsewhere": StoredShard("1", False)}
+    assert resumed_shards(shards, stored, "LATEST") == [("q1", None, "LATEST"), ("q2", None, "LATEST")]
+    assert resumed_shards(shards, stored, "TRIM_HORIZON") == [("quiet", None, "TRIM_HORIZON")]

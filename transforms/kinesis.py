@@ -230,6 +230,8 @@ class ShardPosition:
     next_poll_at: float = 0.0  # epoch seconds
     backoff_attempts: int = 0
     watermark: float = 0.0  # arrival time read up to (or "now" when caught up)
+    # A merged child adopted while its other parent is still read in the same restriction waits for it.
+    after_parents: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -385,6 +387,18 @@ def resumed_shards(
     unfinished parent is left to that parent's reader, which adopts it."""
     listed = {s["ShardId"] for s in shards}
     finished = {shard for shard, state in stored.items() if state.finished}
+    # Under LATEST a closed shard with nothing stored, whose parents are not read either, is never read:
+    # its children must not wait for it.
+    never_read: set[str] = set()
+    if initial_position == "LATEST":
+        for shard in sorted(shards, key=lambda s: s["ShardId"]):  # parents before children
+            parents = [p for p in (shard.get("ParentShardId"), shard.get("AdjacentParentShardId")) if p]
+            if (
+                shard["ShardId"] not in stored
+                and not is_open(shard)
+                and all(p in never_read or (p not in listed and p not in stored) for p in parents)
+            ):
+                never_read.add(shard["ShardId"])
     started = []
     for shard in shards:
         shard_id = shard["ShardId"]
@@ -395,9 +409,9 @@ def resumed_shards(
             started.append((shard_id, state.sequence, "TRIM_HORIZON"))
             continue
         parents = [p for p in (shard.get("ParentShardId"), shard.get("AdjacentParentShardId")) if p]
-        if any(p in listed and p not in finished for p in parents):
+        if any(p in listed and p not in finished and p not in never_read for p in parents):
             continue
-        if any(p in listed or p in stored for p in parents):
+        if any((p in listed and p not in never_read) or p in stored for p in parents):
             started.append((shard_id, None, "TRIM_HORIZON"))
         elif initial_position != "LATEST" or is_open(shard):
             started.append((shard_id, None, initial_position))
@@ -551,9 +565,11 @@ class _ReadShardsFn(beam.DoFn, KinesisRestrictionProvider):
                 tracker.try_claim(Finish())
                 return
             now = time.time()
-            due = [s for s in restriction.shards if s.next_poll_at <= now]
+            reading = {s.shard_id for s in restriction.shards}
+            ready = [s for s in restriction.shards if not reading.intersection(s.after_parents)]
+            due = [s for s in ready if s.next_poll_at <= now]
             if not due:
-                wait = min(s.next_poll_at for s in restriction.shards) - now
+                wait = min(s.next_poll_at for s in ready) - now
                 if time.monotonic() + wait > deadline:
                     # Sleep a little anyway: the FnApiRunner resumes deferred work at once.
                     time.sleep(max(0.0, min(wait, deadline - time.monotonic(), 0.5)))
@@ -622,8 +638,12 @@ class _ReadShardsFn(beam.DoFn, KinesisRestrictionProvider):
         self._iterators[position.shard_id] = (last, next_iterator)
         caught_up = not records and behind == 0
         if caught_up and config.stop_at_latest:
-            self._iterators.pop(position.shard_id, None)
-            return self._ended(stream, position, response, closed=False), records
+            if not self._closed(stream, position.shard_id):
+                self._iterators.pop(position.shard_id, None)
+                return self._ended(stream, position, response, closed=False), records
+            # A closed shard ends where GetRecords gives no NextShardIterator, not at an empty answer: its
+            # children hold what came after it, and are adopted only at that end.
+            caught_up = False
         watermark = position.watermark
         if records:
             watermark = max(watermark, max(r.arrival_time for r in records))
@@ -642,6 +662,9 @@ class _ReadShardsFn(beam.DoFn, KinesisRestrictionProvider):
             ),
             records,
         )
+
+    def _closed(self, stream: str, shard_id: str) -> bool:
+        return any(s["ShardId"] == shard_id and not is_open(s) for s in list_shards(self._client, stream))
 
     def _records_of(self, stream: str, position: ShardPosition, raw: list[dict]) -> list[KinesisRecord]:
         after = int(position.after_sequence) if position.after_sequence else -1
@@ -729,10 +752,17 @@ class _ReadShardsFn(beam.DoFn, KinesisRestrictionProvider):
             position.shard_id,
             ", ".join(children) or "no children",
         )
+        parents = {s["ShardId"]: (s.get("ParentShardId"), s.get("AdjacentParentShardId")) for s in shards}
         return ShardEnded(
             position.shard_id,
             tuple(
-                ShardPosition(child, start="TRIM_HORIZON", watermark=position.watermark) for child in children
+                ShardPosition(
+                    child,
+                    start="TRIM_HORIZON",
+                    watermark=position.watermark,
+                    after_parents=tuple(p for p in parents[child] if p and p != position.shard_id),
+                )
+                for child in children
             ),
             closed=True,
         )
