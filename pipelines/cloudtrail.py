@@ -9,10 +9,14 @@
 The queue may receive CloudTrail's SNS notifications, S3 event notifications (direct or through SNS) or
 EventBridge "Object Created" events. Each message is deleted once every record of every file it names
 was delivered to Graylog; on Flink that happens when a checkpoint completes, so checkpointing is on.
+A local backfill records each file once delivered (the position store, --state_dir) and a restart with
+the same options skips those: transforms/s3_backfill.py.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import sys
 import time
 from dataclasses import replace
@@ -22,13 +26,22 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from pipelines.common import Plan, RunOptions, main_with_errors, run_cli
 from pipelines.runners import runner_name
+from transforms import stopping
 from transforms.aws import AwsConfig, AwsOptions, aws_config_from_options
 from transforms.cloudtrail import DEFAULT_SOURCE
 from transforms.deadletter import DeadLetterOptions, WriteDeadLetters, dead_letter_path_from_options
 from transforms.elements import DEAD_LETTER
 from transforms.enrichment import EntityLookups, EntityOptions, lookup_config_from_options
 from transforms.gelf import GelfOptions, WriteToGelf, gelf_config_from_options
-from transforms.s3_listing import ListS3Objects, backfill_range_from_values
+from transforms.positions import (
+    PositionOptions,
+    PositionStoreConfig,
+    StreamLease,
+    position_store_from_options,
+    reset_positions,
+)
+from transforms.s3_backfill import ListS3ObjectsInTurn, backfill_key
+from transforms.s3_listing import ListS3Objects, backfill_range_from_values, is_age
 from transforms.s3_notifications import KeyFilter
 from transforms.sqs import queue_counts, resolve_queue_url, sqs_config_from_values
 from transforms.sqs_s3 import (
@@ -42,7 +55,17 @@ from transforms.sqs_s3 import (
 
 NAME = "cloudtrail"
 DESCRIPTION = "CloudTrail log files from S3 (announced on SQS, or an S3 backfill) to Graylog GELF."
-OPTIONS = (RunOptions, AwsOptions, SqsS3Options, EntityOptions, GelfOptions, DeadLetterOptions)
+OPTIONS = (
+    RunOptions,
+    AwsOptions,
+    SqsS3Options,
+    EntityOptions,
+    GelfOptions,
+    DeadLetterOptions,
+    PositionOptions,
+)
+
+_LOG = logging.getLogger("pipelines")
 
 
 def _backfill_work(obj) -> S3Work:
@@ -146,6 +169,7 @@ def plan(options, local: bool) -> Plan:
     target = f"{gelf}; dead letters in {dead_letter_path}"
 
     done = None
+    hold = contextlib.nullcontext()
     if sqs.s3_prefix:
         if sqs.sqs_queue_url:
             raise ValueError(
@@ -154,12 +178,19 @@ def plan(options, local: bool) -> Plan:
             )
         backfill = backfill_range_from_values(sqs.s3_prefix, sqs.s3_start_time, sqs.s3_end_time)
         check_bucket(aws, backfill.bucket, sqs.s3_prefix)
+        summary = f"backfill of {sqs.s3_prefix} ({aws.region}) → {target}"
+        if local:  # one file a bundle, each recorded once delivered; a restart skips those
+            stream = backfill_key(backfill, key_filter)
+            positions = position_store_from_options(options, NAME, local, aws)
+            if positions is not None:
+                hold = backfill_lease(options, positions, stream)
+                summary += f"; positions in {positions.where}"
+            listing = ListS3ObjectsInTurn(backfill, aws, key_filter, positions, stream)
+        else:  # a cluster: the files spread over the workers; a restarted job reads the range again
+            listing = ListS3Objects(backfill, aws, key_filter)
 
         def read(pipeline):
-            objects = pipeline | "ListS3" >> ListS3Objects(backfill, aws, key_filter)
-            return objects | "ToWork" >> beam.Map(_backfill_work)
-
-        summary = f"backfill of {sqs.s3_prefix} ({aws.region}) → {target}"
+            return pipeline | "ListS3" >> listing | "ToWork" >> beam.Map(_backfill_work)
     else:
         if sqs.s3_start_time or sqs.s3_end_time:
             raise ValueError("--s3_start_time and --s3_end_time select files of a backfill: add --s3_prefix.")
@@ -196,7 +227,28 @@ def plan(options, local: bool) -> Plan:
         outputs[DEAD_LETTER] | "DeadLettersObjects" >> WriteDeadLetters(dead_letter_path, NAME)
         undeliverable | "DeadLettersGelf" >> WriteDeadLetters(dead_letter_path, NAME)
 
-    return Plan(build=build, summary=summary, done=done)
+    return Plan(build=build, summary=summary, done=done, hold=hold)
+
+
+def backfill_lease(options, positions: PositionStoreConfig, stream: str) -> StreamLease:
+    """The lease that keeps a second run of the same backfill on the same store from starting; with
+    --reset_positions, the backfill's delivered objects are forgotten first."""
+    sqs = options.view_as(SqsS3Options)
+    relative = [
+        f"{name}={value}"
+        for name, value in (("--s3_start_time", sqs.s3_start_time), ("--s3_end_time", sqs.s3_end_time))
+        if is_age(value)
+    ]
+    if relative:
+        _LOG.warning(
+            "%s is an age, resolved at each start: a restart is another backfill and reads its range from "
+            "the start. Give ISO-8601 times to make this backfill resumable.",
+            " and ".join(relative),
+        )
+    lease = StreamLease(positions, stream, stopping.request_stop)
+    if options.view_as(PositionOptions).reset_positions:
+        reset_positions(positions, stream, lease.owner)
+    return lease
 
 
 def demo(argv: list[str], run_pipeline) -> int:

@@ -24,6 +24,7 @@ from apache_beam.options.pipeline_options import (
 )
 
 from pipelines.runners import (
+    FLINK_JAVA_OPTIONS,
     ConfigError,
     Stopper,
     counters,
@@ -40,6 +41,7 @@ from transforms.enrichment import EntityOptions
 from transforms.entities import iam_policy
 from transforms.gelf import WriteToGelf, gelf_config_from_options
 from transforms.kinesis import ReadFromKinesis, kinesis_config_from_options
+from transforms.monitoring import MonitoringOptions, monitoring_from_options
 from transforms.positions import (
     LeaseHeld,
     PositionOptions,
@@ -145,7 +147,7 @@ def check_unknown_options(argv: Sequence[str], ours: set[str], local: bool) -> N
         if not arg.startswith("--"):
             continue
         name = arg.split("=", 1)[0]
-        if name in known:
+        if name in known or (not local and name in FLINK_JAVA_OPTIONS):
             continue
         close = difflib.get_close_matches(name, sorted(ours), n=1)
         hint = f" Did you mean {close[0]}?" if close else " See --help for the options."
@@ -216,6 +218,8 @@ def run_cli(
 ) -> int:
     """A pipeline's command line: parse, validate (`plan` raises ValueError naming the option), run,
     report. `plan(options, local)` is told whether the run is local (one worker)."""
+    if MonitoringOptions not in option_classes:
+        option_classes = (*option_classes, MonitoringOptions)
     if "-h" in argv or "--help" in argv:
         print_help(f"python -m pipelines.{name}", description, option_classes)
         return 0
@@ -257,6 +261,7 @@ def run_cli(
     try:
         local = prepare_runner(options)
         check_unknown_options(argv, ours, local)
+        monitoring = monitoring_from_options(options, local)
         planned = plan(options, local)
     except ValueError as error:
         raise ConfigError(str(error)) from None
@@ -266,6 +271,7 @@ def run_cli(
     except LeaseHeld as error:
         raise ConfigError(str(error)) from None
     try:
+        monitoring.start()
         stopper = Stopper()
         stopper.install()
         _LOG.info("%s: %s", name, planned.summary)
@@ -277,6 +283,7 @@ def run_cli(
             stopper.stop_when(planned.done, f"{name}: done")
         state = stopper.wait(result)
     finally:
+        monitoring.stop()
         planned.hold.__exit__(None, None, None)
     totals = counters(result)
     summary = ", ".join(f"{k}={v}" for k, v in sorted(totals.items()) if v and not k.startswith("beam/"))

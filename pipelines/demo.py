@@ -161,6 +161,7 @@ def run_demo(extra_args: list[str], run_pipeline: Callable[[list[str]], int]) ->
             f"--gelf_port={receiver.port}",
             "--gelf_protocol=udp",
             f"--dead_letter_path={dead_letter_dir}",
+            f"--state_dir={workdir / 'state'}",
             *extra_args,
         ]
         status = _run_showing_progress(run_pipeline, args, receiver, EVENTS)

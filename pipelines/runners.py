@@ -86,6 +86,15 @@ def check_flink_options(options: PipelineOptions) -> None:
         )
 
 
+#: Options of the Flink runner's Java side, which Python passes on without knowing them: never taken for
+#: misspellings of ours, however close their names.
+FLINK_JAVA_OPTIONS = frozenset(
+    {
+        "--checkpointing_interval",
+        "--externalized_checkpoints_enabled",
+        "--retain_externalized_checkpoints_on_cancellation",
+    }
+)
 #: Checkpoint interval added for pipelines that act at checkpoints (SQS deletes) when none is given.
 DEFAULT_CHECKPOINTING_MS = 10000
 #: Options that make a run end by itself, whose sources Flink may shut down once idle. Not

@@ -331,6 +331,7 @@ def test_a_backfill_reads_the_files_of_its_time_range_without_sqs_and_ends(
                 f"--gelf_port={receiver.port}",
                 "--gelf_protocol=tcp",
                 f"--dead_letter_path={tmp_path / 'dl'}",
+                f"--state_dir={tmp_path / 'state'}",
             ],
             subprocess_env,
         )

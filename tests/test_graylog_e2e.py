@@ -185,6 +185,7 @@ def run_pipeline(source: Source, transport: Transport, port: int, moto: str, env
         f"--gelf_port={port}",
         f"--gelf_protocol={transport.protocol}",
         f"--dead_letter_path={tmp_path / 'dl'}",
+        f"--state_dir={tmp_path / 'state'}",  # each run its own positions (the backfill's are by range)
         *transport.args,
         *source.args,
     ]

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from pipelines import runners
 from pipelines.sample_data import (
     cloudwatch_start_ms,
     create_flow_log_stream,
@@ -390,11 +391,7 @@ def test_without_demo_or_stream_it_says_how_to_try_it():
 
 
 # Options of Beam's Java FlinkPipelineOptions: Python passes them through to the job server unparsed.
-FLINK_JAVA_OPTIONS = {
-    "checkpointing_interval",
-    "externalized_checkpoints_enabled",
-    "retain_externalized_checkpoints_on_cancellation",
-}
+FLINK_JAVA_OPTIONS = {name.removeprefix("--") for name in runners.FLINK_JAVA_OPTIONS}
 
 
 @pytest.mark.parametrize("config", sorted(p.name for p in (REPO / "run_configs").glob("*.yaml")))

@@ -13,8 +13,8 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 import apache_beam as beam
-from apache_beam.metrics import Metrics
 
+from transforms import metrics
 from transforms.elements import (
     DEAD_LETTER,
     DeadLetter,
@@ -138,10 +138,10 @@ class DecodeSubscription(beam.DoFn):
     """
 
     def __init__(self) -> None:
-        self.records = Metrics.counter("cloudwatch", "records")
-        self.events = Metrics.counter("cloudwatch", "events")
-        self.control_messages = Metrics.counter("cloudwatch", "control_messages")
-        self.decode_errors = Metrics.counter("cloudwatch", "decode_errors")
+        self.records = metrics.counter("cloudwatch", "records")
+        self.events = metrics.counter("cloudwatch", "events")
+        self.control_messages = metrics.counter("cloudwatch", "control_messages")
+        self.decode_errors = metrics.counter("cloudwatch", "decode_errors")
 
     def process(self, record: KinesisRecord) -> Iterator[LogEventBatch | beam.pvalue.TaggedOutput]:
         self.records.inc()

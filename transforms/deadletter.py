@@ -29,6 +29,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from transforms import metrics
 from transforms.elements import DeadLetter
 
 log = logging.getLogger(__name__)
@@ -161,11 +162,12 @@ class _WriteDeadLetterFiles(beam.DoFn):
         self._buffer: list[dict[str, Any]] = []
         self._buffered_bytes = 0
 
-    def process(self, dead_letter: DeadLetter) -> None:
+    def process(self, dead_letter: DeadLetter) -> Iterable[None]:
         self._buffer.append(dead_letter_record(dead_letter, self.pipeline_name))
         self._buffered_bytes += len(dead_letter.raw)
         if self._buffered_bytes > MAX_BUFFERED_RAW_BYTES:
             self._flush()
+        return ()  # no output; said outright, or Beam warns at every start that nothing is returned
 
     def finish_bundle(self) -> None:
         self._flush()
@@ -177,7 +179,7 @@ class _WriteDeadLetterFiles(beam.DoFn):
         target = write_dead_letter_file(self.path, self.pipeline_name, records)
         self.written.inc(len(records))
         for stage, count in Counter(r["stage"] for r in records).items():
-            Metrics.counter("dead_letter", f"written_{stage}").inc(count)
+            metrics.counter("dead_letter", "written", stage=stage).inc(count)
         first = records[0]
         log.warning(
             "Wrote %d dead letter(s) to %s; first: stage %s, reason: %s",

@@ -19,10 +19,10 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.utils.shared import Shared
 
+from transforms import metrics
 from transforms.aws import AwsConfig
 from transforms.entities import Inventory, Lookup, collect_inventory, entity_fields
 from transforms.gelf import encode_fields, field_key
@@ -308,11 +308,11 @@ class EntityLookups:
         self._shared = Shared()
         self._refresher: InventoryRefresher | None = None
         self._memo: tuple[Inventory | None, dict] = (None, {})
-        self._refreshes = Metrics.counter(NAMESPACE, "refreshes")
-        self._failures = Metrics.counter(NAMESPACE, "refresh_failures")
-        self._enriched = Metrics.counter(NAMESPACE, "addresses_enriched")
-        self._size = Metrics.gauge(NAMESPACE, "inventory_addresses")
-        self._age = Metrics.gauge(NAMESPACE, "inventory_age_seconds")
+        self._refreshes = metrics.counter(NAMESPACE, "refreshes")
+        self._failures = metrics.counter(NAMESPACE, "refresh_failures")
+        self._enriched = metrics.counter(NAMESPACE, "addresses_enriched")
+        self._size = metrics.gauge(NAMESPACE, "inventory_addresses")
+        self._age = metrics.gauge(NAMESPACE, "inventory_age_seconds")
 
     def __getstate__(self):
         state = dict(self.__dict__)

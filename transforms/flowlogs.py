@@ -16,9 +16,9 @@ from functools import cached_property
 from typing import NamedTuple
 
 import apache_beam as beam
-from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from transforms import metrics
 from transforms.elements import DEAD_LETTER, DeadLetter, GelfBatch, LogEvent, LogEventBatch
 from transforms.enrichment import Enricher, EntityLookups
 from transforms.gelf import additional_fields, build_message, encode_message, field_key
@@ -392,10 +392,10 @@ class FlowLogsToGelf(beam.DoFn):
         self._source = source or DEFAULT_SOURCE
         self._stream = stream
         self._lookups = lookups
-        self.events = Metrics.counter(METRICS_NAMESPACE, "events")
-        self.parse_errors = Metrics.counter(METRICS_NAMESPACE, "parse_errors")
-        self.nodata = Metrics.counter(METRICS_NAMESPACE, "nodata")
-        self.skipdata = Metrics.counter(METRICS_NAMESPACE, "skipdata")
+        self.events = metrics.counter(METRICS_NAMESPACE, "events")
+        self.parse_errors = metrics.counter(METRICS_NAMESPACE, "parse_errors")
+        self.nodata = metrics.counter(METRICS_NAMESPACE, "nodata")
+        self.skipdata = metrics.counter(METRICS_NAMESPACE, "skipdata")
 
     def setup(self) -> None:
         if self._lookups is not None:

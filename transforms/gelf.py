@@ -27,10 +27,10 @@ from typing import Protocol
 
 import apache_beam as beam
 import orjson
-from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import PipelineOptions
 from isal import isal_zlib
 
+from transforms import metrics
 from transforms.elements import DeadLetter
 
 _LOG = logging.getLogger(__name__)
@@ -687,6 +687,11 @@ def _peer_closed(sock: socket.socket) -> bool:
             pass
 
 
+def _delivered(target: str) -> None:
+    metrics.HEALTH.succeeded(f"GELF {target}")
+    metrics.timestamp("gelf", "last_success")
+
+
 class _RetryingSender:
     """Exponential back-off with jitter for connection-oriented senders, bounded by retry_seconds."""
 
@@ -722,8 +727,10 @@ class _RetryingSender:
         while True:
             try:
                 action()
+                _delivered(self._target)
                 return
             except ssl.SSLCertVerificationError as error:
+                metrics.HEALTH.failed(f"GELF {self._target}", f"certificate not accepted: {error}")
                 self._on_error()
                 self._disconnect()
                 raise GelfSendError(
@@ -731,6 +738,7 @@ class _RetryingSender:
                     "--gelf_tls_ca_file and --gelf_host"
                 ) from error
             except (OSError, http.client.HTTPException) as error:
+                metrics.HEALTH.failed(f"GELF {self._target}", repr(error))
                 self._on_error()
                 self._disconnect()
                 now = time.monotonic()
@@ -782,14 +790,21 @@ class UdpSender:
             self.open()
         send, address = self._sock.send, self._address
         method, chunk_size = self.config.compression, self.config.chunk_size
+        failure = None
         for payload in payloads:
             data = compress(payload, method)
             for datagram in (data,) if len(data) <= chunk_size else chunk(data, chunk_size):
                 try:
                     send(datagram)
                 except OSError as error:
+                    failure = error
                     self._on_error()
                     _LOG.debug("GELF UDP send to %s failed: %r", address, error)
+        target = f"udp://{self.config.host}:{self.config.port}"
+        if failure is None:
+            _delivered(target)
+        else:
+            metrics.HEALTH.failed(f"GELF {target}", repr(failure))
 
     def flush(self) -> None:
         return None
@@ -992,12 +1007,12 @@ class _WriteToGelfFn(beam.DoFn):
     def __init__(self, config: GelfConfig, pipeline_name: str):
         self._config = config
         self._pipeline_name = pipeline_name
-        self._messages = Metrics.counter("gelf", "messages")
-        self._bytes = Metrics.counter("gelf", "bytes")
-        self._errors = Metrics.counter("gelf", "errors")
-        self._retries = Metrics.counter("gelf", "retries")
-        self._too_large = Metrics.counter("gelf", "too_large")
-        self._invalid = Metrics.counter("gelf", "invalid")
+        self._messages = metrics.counter("gelf", "messages")
+        self._bytes = metrics.counter("gelf", "bytes")
+        self._errors = metrics.counter("gelf", "errors")
+        self._retries = metrics.counter("gelf", "retries")
+        self._too_large = metrics.counter("gelf", "too_large")
+        self._invalid = metrics.counter("gelf", "invalid")
         self._sender: GelfSender | None = None
 
     def display_data(self) -> dict:

@@ -23,13 +23,13 @@ from datetime import UTC, datetime
 import apache_beam as beam
 from apache_beam.io.iobase import RestrictionProgress, RestrictionTracker
 from apache_beam.io.watermark_estimators import ManualWatermarkEstimator
-from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.transforms.core import RestrictionProvider
 from apache_beam.transforms.window import TimestampedValue
 from apache_beam.utils.timestamp import Duration, Timestamp
 from botocore.exceptions import ClientError, ConnectionError, HTTPClientError
 
+from transforms import metrics
 from transforms.aws import AwsConfig
 from transforms.elements import KinesisRecord
 from transforms.positions import PositionStoreConfig, StoredShard
@@ -508,14 +508,14 @@ class _ReadShardsFn(beam.DoFn, KinesisRestrictionProvider):
 
     def __init__(self, config: KinesisReadConfig):
         KinesisRestrictionProvider.__init__(self, config)
-        self._records = Metrics.counter("kinesis", "records")
-        self._bytes = Metrics.counter("kinesis", "bytes")
-        self._calls = Metrics.counter("kinesis", "get_records_calls")
-        self._throttles = Metrics.counter("kinesis", "throttles")
-        self._renewals = Metrics.counter("kinesis", "iterator_renewals")
-        self._shards_finished = Metrics.counter("kinesis", "shards_finished")
-        self._positions_saved = Metrics.counter("kinesis", "positions_saved")
-        self._positions_expired = Metrics.counter("kinesis", "positions_expired")
+        self._records = metrics.counter("kinesis", "records")
+        self._bytes = metrics.counter("kinesis", "bytes")
+        self._calls = metrics.counter("kinesis", "get_records_calls")
+        self._throttles = metrics.counter("kinesis", "throttles")
+        self._renewals = metrics.counter("kinesis", "iterator_renewals")
+        self._shards_finished = metrics.counter("kinesis", "shards_finished")
+        self._positions_saved = metrics.counter("kinesis", "positions_saved")
+        self._positions_expired = metrics.counter("kinesis", "positions_expired")
 
     def setup(self):
         # Throttling is handled here, per shard, with back-off; botocore must not retry it blindly.
@@ -620,15 +620,19 @@ class _ReadShardsFn(beam.DoFn, KinesisRestrictionProvider):
                 _LOG.info("Kinesis %s %s: iterator expired, renewing", stream, position.shard_id)
                 return Advance(replace(position, next_poll_at=now)), []
             if code in THROTTLING_ERRORS:
+                metrics.HEALTH.failed("AWS Kinesis", f"{code} on {position.shard_id}")
                 return self._backoff(stream, position, code), []
             raise
         except (ConnectionError, HTTPClientError) as error:
+            metrics.HEALTH.failed("AWS Kinesis", repr(error))
             return self._backoff(stream, position, type(error).__name__), []
         self._calls.inc()
+        metrics.HEALTH.succeeded("AWS Kinesis")
+        metrics.HEALTH.heartbeat()
         now = time.time()  # the next poll is spaced from the end of this one: never more than the limit
         behind = response.get("MillisBehindLatest")
         if behind is not None:
-            Metrics.gauge("kinesis", f"millis_behind_latest_{position.shard_id}").set(int(behind))
+            metrics.gauge("kinesis", "millis_behind_latest", shard=position.shard_id).set(int(behind))
         records = self._records_of(stream, position, response.get("Records", []))
         next_iterator = response.get("NextShardIterator")
         last = records[-1].sequence_number if records else position.after_sequence

@@ -41,7 +41,9 @@ DEFAULT_LEASE_SECONDS = 30.0
 class PositionOptions(PipelineOptions):
     @classmethod
     def _add_argparse_args(cls, parser):
-        group = parser.add_argument_group("Reading positions (local runs; Flink keeps them in checkpoints)")
+        group = parser.add_argument_group(
+            "Reading positions (local runs of a Kinesis stream or an S3 backfill; Flink keeps its own)"
+        )
         group.add_argument(
             "--position_store",
             default="file",
@@ -73,7 +75,8 @@ class PositionOptions(PipelineOptions):
             "--reset_positions",
             default=False,
             action="store_true",
-            help="Forget the stored positions of this pipeline and stream, and start at --initial_position.",
+            help="Forget the stored positions of this pipeline and stream (or backfill) and start again: "
+            "at --initial_position, or at the start of the backfill's range.",
         )
         group.add_argument(
             "--lease_seconds",
@@ -187,9 +190,13 @@ class FilePositionStore:
         finished = set(finished)
         now = time.time()
         with _transaction(self._db):
-            stored = self.load(stream)
             for shard in set(sequences) | finished:
-                before = stored.get(shard, StoredShard(None, False))
+                row = self._db.execute(
+                    "SELECT sequence, finished FROM positions "
+                    "WHERE pipeline = ? AND stream = ? AND shard = ?",
+                    (self.pipeline, stream, shard),
+                ).fetchone()
+                before = StoredShard(row[0], bool(row[1])) if row else StoredShard(None, False)
                 sequence = later_sequence(before.sequence, sequences.get(shard))
                 self._db.execute(
                     "INSERT INTO positions VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (pipeline, stream, shard) "

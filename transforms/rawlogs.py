@@ -12,9 +12,9 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 import apache_beam as beam
-from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from transforms import metrics
 from transforms.elements import DEAD_LETTER, DeadLetter, GelfBatch, LogEvent, LogEventBatch
 from transforms.gelf import RESERVED_FIELD_NAMES, build_message, encode_message, field_key
 
@@ -132,9 +132,9 @@ class RawLogsToGelf(beam.DoFn):
         self.source = source or DEFAULT_SOURCE
         self.stream = stream
         self.parse_json = parse_json
-        self.events = Metrics.counter(METRICS_NAMESPACE, "events")
-        self.json_events = Metrics.counter(METRICS_NAMESPACE, "json_events")
-        self.encode_errors = Metrics.counter(METRICS_NAMESPACE, "encode_errors")
+        self.events = metrics.counter(METRICS_NAMESPACE, "events")
+        self.json_events = metrics.counter(METRICS_NAMESPACE, "json_events")
+        self.encode_errors = metrics.counter(METRICS_NAMESPACE, "encode_errors")
 
     def process(self, batch: LogEventBatch) -> Iterator[GelfBatch | beam.pvalue.TaggedOutput]:
         stream = batch.source.stream or self.stream

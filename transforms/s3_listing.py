@@ -25,9 +25,9 @@ from datetime import UTC, date, datetime, timedelta
 from datetime import time as clock
 
 import apache_beam as beam
-from apache_beam.metrics import Metrics
 from botocore.exceptions import ClientError
 
+from transforms import metrics
 from transforms.aws import AwsConfig
 from transforms.s3_notifications import KeyFilter, S3Object
 
@@ -139,6 +139,11 @@ def parse_time(text: str, option: str, now: float | None = None) -> float:
     except (OverflowError, ValueError, OSError):
         raise ValueError(f"{option}={text!r} is out of range: give {TIME_FORMS}") from None
     return result
+
+
+def is_age(text: str | None) -> bool:
+    """True for a time given as an age before now (`24h`): it names another moment at each start."""
+    return bool(text) and _AGE.match(text.strip()) is not None
 
 
 def backfill_range_from_values(
@@ -254,20 +259,27 @@ def list_objects(
     region: str | None = None,
     page_size: int = MAX_PAGE_SIZE,
     skipped: Callable[[str, str], None] | None = None,
+    start_after: str | None = None,
 ) -> Iterator[S3Object]:
     """The objects to read for `backfill`, in key order: accepted by `key_filter`, not empty, in range.
 
     `region` goes into each `S3Object` (the bucket's region, for the reader's client). `skipped` is
     called with (key, reason) for every listed key that is not yielded, so the caller can count it.
-    A missing bucket, refused access or wrong region raises ValueError naming `--s3_prefix`."""
+    `start_after`: only keys after it (a resumed listing). A missing bucket, refused access or wrong
+    region raises ValueError naming `--s3_prefix`."""
     if not 1 <= page_size <= MAX_PAGE_SIZE:
         raise ValueError(f"page_size must be between 1 and {MAX_PAGE_SIZE} (the ListObjectsV2 limit)")
     # Without an end, files can only be as new as now: the day folders still bound the listing.
     end = backfill.end if backfill.end is not None else time.time() + OPEN_END_MARGIN_SECONDS
     paginator = client.get_paginator("list_objects_v2")
     for prefix in listing_prefixes(backfill.prefix, backfill.start, end):
+        after = {}
+        if start_after is not None and start_after >= prefix:
+            if not start_after.startswith(prefix):
+                continue  # every key under this prefix sorts before start_after
+            after = {"StartAfter": start_after}
         pages = paginator.paginate(
-            Bucket=backfill.bucket, Prefix=prefix, PaginationConfig={"PageSize": page_size}
+            Bucket=backfill.bucket, Prefix=prefix, PaginationConfig={"PageSize": page_size}, **after
         )
         try:
             for page in pages:
@@ -314,8 +326,8 @@ class ListObjectsFn(beam.DoFn):
         self._key_filter = key_filter
         self._region = region
         self._page_size = page_size
-        self._listed = Metrics.counter(NAMESPACE, "objects_listed")
-        self._filtered = Metrics.counter(NAMESPACE, "objects_filtered")
+        self._listed = metrics.counter(NAMESPACE, "objects_listed")
+        self._filtered = metrics.counter(NAMESPACE, "objects_filtered")
 
     def setup(self):
         self._client = self._aws.client("s3", retries={"mode": "standard", "total_max_attempts": 5})

@@ -29,12 +29,12 @@ from typing import NamedTuple
 import apache_beam as beam
 from apache_beam.io.iobase import RestrictionProgress, RestrictionTracker
 from apache_beam.io.watermark_estimators import ManualWatermarkEstimator
-from apache_beam.metrics import Metrics
 from apache_beam.transforms.core import RestrictionProvider
 from apache_beam.transforms.window import TimestampedValue
 from apache_beam.utils.timestamp import Timestamp
 from botocore.exceptions import ClientError, ConnectionError, HTTPClientError
 
+from transforms import metrics
 from transforms.aws import AwsConfig
 from transforms.stopping import stop_requested
 
@@ -256,8 +256,8 @@ class BundleDeleter:
     bundle deletes nothing. `count` adds the finalizers' results to the `sqs` counters."""
 
     def __init__(self):
-        self._deleted = Metrics.counter(NAMESPACE, "messages_deleted")
-        self._delete_failures = Metrics.counter(NAMESPACE, "delete_failures")
+        self._deleted = metrics.counter(NAMESPACE, "messages_deleted")
+        self._delete_failures = metrics.counter(NAMESPACE, "delete_failures")
 
     def delete_after_bundle(self, finalizer, client, queue_url: str, receipt_handles: list[str]) -> None:
         """Registers the deletion of `receipt_handles` (the list may still grow during this bundle)."""
@@ -369,8 +369,8 @@ class _PollQueueFn(beam.DoFn, SqsRestrictionProvider):
     def __init__(self, config: SqsReadConfig, delete: bool = True):
         self._config = config
         self._delete = delete
-        self._receive_calls = Metrics.counter(NAMESPACE, "receive_calls")
-        self._received = Metrics.counter(NAMESPACE, "messages_received")
+        self._receive_calls = metrics.counter(NAMESPACE, "receive_calls")
+        self._received = metrics.counter(NAMESPACE, "messages_received")
         self._deleter = BundleDeleter()
 
     def setup(self):
@@ -455,12 +455,16 @@ class _PollQueueFn(beam.DoFn, SqsRestrictionProvider):
             code = error.response.get("Error", {}).get("Code", "")
             if code not in THROTTLING_ERRORS:
                 raise
+            metrics.HEALTH.failed("AWS SQS", code)
             self._pause_after(code)
             return []
         except (ConnectionError, HTTPClientError) as error:
+            metrics.HEALTH.failed("AWS SQS", repr(error))
             self._pause_after(type(error).__name__)
             return []
         self._receive_calls.inc()
+        metrics.HEALTH.succeeded("AWS SQS")
+        metrics.HEALTH.heartbeat()
         now = time.time()
         messages = [message_of(config.queue_url, raw, now) for raw in response.get("Messages", [])]
         self._received.inc(len(messages))

@@ -25,11 +25,11 @@ from dataclasses import dataclass, replace
 from typing import Any, BinaryIO, Protocol
 
 import apache_beam as beam
-from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.pvalue import TaggedOutput
 from botocore.exceptions import BotoCoreError, ClientError
 
+from transforms import metrics
 from transforms.aws import AwsConfig
 from transforms.cloudtrail import DEFAULT_SOURCE, cloudtrail_gelf, iter_records
 from transforms.elements import DEAD_LETTER, DeadLetter, SourceCoordinates
@@ -336,9 +336,9 @@ class _ParseNotificationFn(beam.DoFn):
 
     def __init__(self, key_filter: KeyFilter):
         self._key_filter = key_filter
-        self._skipped = Metrics.counter("sqs", "messages_skipped")
-        self._unparseable = Metrics.counter("sqs", "messages_unparseable")
-        self._filtered = Metrics.counter("s3", "objects_filtered")
+        self._skipped = metrics.counter("sqs", "messages_skipped")
+        self._unparseable = metrics.counter("sqs", "messages_unparseable")
+        self._filtered = metrics.counter("s3", "objects_filtered")
 
     def process(self, message: SqsMessage) -> Iterator[S3Work]:
         try:
@@ -391,14 +391,14 @@ class _ReadObjectsFn(beam.DoFn):
         self._settings = settings
         self._lookups = lookups
         self._deleter = BundleDeleter()
-        self._objects = Metrics.counter("s3", "objects")
-        self._bytes = Metrics.counter("s3", "bytes")
-        self._records = Metrics.counter("s3", "records")
-        self._object_failures = Metrics.counter("s3", "object_failures")
-        self._bad_records = Metrics.counter("s3", "records_rejected")
-        self._retried = Metrics.counter("sqs", "messages_retried")
-        self._dead_lettered = Metrics.counter("sqs", "messages_dead_lettered")
-        self._extensions = Metrics.counter("sqs", "visibility_extensions")
+        self._objects = metrics.counter("s3", "objects")
+        self._bytes = metrics.counter("s3", "bytes")
+        self._records = metrics.counter("s3", "records")
+        self._object_failures = metrics.counter("s3", "object_failures")
+        self._bad_records = metrics.counter("s3", "records_rejected")
+        self._retried = metrics.counter("sqs", "messages_retried")
+        self._dead_lettered = metrics.counter("sqs", "messages_dead_lettered")
+        self._extensions = metrics.counter("sqs", "visibility_extensions")
 
     def setup(self) -> None:
         if self._lookups is not None:
@@ -469,6 +469,7 @@ class _ReadObjectsFn(beam.DoFn):
         Records read before a failure (a corrupt tail) are still sent: a retry may duplicate them,
         but none is lost."""
         self._objects.inc()
+        metrics.HEALTH.heartbeat()
         enricher = self._lookups.enricher() if self._lookups is not None else None
         batch: list[bytes] = []
         count = 0
