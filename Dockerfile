@@ -3,6 +3,8 @@
 #  - worker-pool sidecar beside each TaskManager (Kubernetes): container args ["--worker_pool"],
 #    pipelines then run with --environment_type=EXTERNAL --environment_config=localhost:50000
 #  - launcher:  docker run --entrypoint python IMAGE -m pipelines.flowlogs --runner=FlinkRunner ...
+#  - a pipeline on one machine: docker run --entrypoint python IMAGE -m pipelines.flowlogs
+#    --config run_configs/flowlogs-container.yaml --metrics_port=9464 (run_configs/k8s/direct-deployment.yaml)
 # Built on Beam's own Python SDK image, whose version must be the apache-beam pinned in pyproject.toml
 # (tests/test_packaging.py checks both).
 ARG BEAM_VERSION=2.62.0
@@ -21,3 +23,8 @@ RUN pip install --no-cache-dir . \
 
 # The entrypoint stays Beam's /opt/apache/beam/boot, which runs the SDK harness or, with --worker_pool,
 # the worker pool.
+
+# A pipeline on one machine started with --metrics_port=9464 is alive while its read loop polls; in the
+# image's other uses nothing listens there, and the check passes.
+HEALTHCHECK --interval=30s --timeout=10s --start-period=60s \
+    CMD ["python", "-m", "transforms.monitoring", "probe", "--port=9464", "--path=/healthz", "--absent-ok"]

@@ -143,6 +143,9 @@ class ClusterConfig:
     worker_pool_port: int = 50000
     slots: int = 2
     workdir: Path = CACHE / "cluster"
+    #: Where Flink's Prometheus reporter code pushes the metrics (a push gateway's URL), or None. The
+    #: pull reporter of the k8s config listens on every interface, which a local cluster must not.
+    metrics_push_url: str | None = None
 
 
 def flink_config(config: ClusterConfig) -> str:
@@ -192,6 +195,20 @@ state:
     dir: {checkpoints}
   savepoints:
     dir: {savepoints}
+""" + (_push_reporter(config.metrics_push_url) if config.metrics_push_url else "")
+
+
+def _push_reporter(url: str) -> str:
+    return f"""\
+metrics:
+  reporter:
+    promgateway:
+      factory.class: org.apache.flink.metrics.prometheus.PrometheusPushGatewayReporterFactory
+      hostUrl: {url}
+      jobName: aws-gelf-local
+      randomJobNameSuffix: "false"
+      deleteOnShutdown: "false"
+      interval: 1 SECONDS
 """
 
 

@@ -12,14 +12,17 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from flink.cluster import FLINK_MINOR, ClusterConfig, FlinkCluster, fetch_flink, fetch_job_server
 from pipelines.sample_data import (
@@ -50,15 +53,56 @@ def job_server_jar() -> Path:
     return fetch_job_server()
 
 
+class PushGateway:
+    """What a Prometheus push gateway receives: every body Flink's reporter pushes, in text format."""
+
+    def __init__(self):
+        self.bodies: list[str] = []
+        gateway = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def _take(self):
+                length = int(self.headers.get("Content-Length", 0))
+                gateway.bodies.append(self.rfile.read(length).decode("utf-8", "replace"))
+                self.send_response(202)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            do_PUT = do_POST = _take  # noqa: N815 - http.server's naming
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def samples(self) -> list:
+        found = []
+        for body in list(self.bodies):
+            for family in text_string_to_metric_families(body):
+                found.extend(family.samples)
+        return found
+
+
 @pytest.fixture(scope="session")
-def flink_cluster(job_server_jar, tmp_path_factory):
-    """A standalone cluster for the session, on free loopback ports; its workers get test credentials."""
+def push_gateway():
+    gateway = PushGateway()
+    yield gateway
+    gateway.server.shutdown()
+
+
+@pytest.fixture(scope="session")
+def flink_cluster(job_server_jar, tmp_path_factory, push_gateway):
+    """A standalone cluster for the session, on free loopback ports; its workers get test credentials,
+    and its metrics go, through Flink's Prometheus reporter code, to a push gateway of the test's."""
     fetch_flink()
     config = ClusterConfig(
         rest_port=8081 if port_is_free(8081) else free_port(),  # Flink's usual UI port, if free
         rpc_port=free_port(),
         worker_pool_port=free_port(),
         workdir=tmp_path_factory.mktemp("flink"),
+        metrics_push_url=push_gateway.url,
     )
     cluster = FlinkCluster(config)
     cluster.start(worker_env={**CREDENTIALS, "AWS_DEFAULT_REGION": REGION})
@@ -192,6 +236,67 @@ def test_cluster_delivers_the_same_messages_as_the_direct_runner(
     assert job["state"] == "FINISHED"
     assert stage(job, "ReadKinesis", "ReadShards")["parallelism"] == 2
     assert stage(job, "DecodeSubscription", "ToGelf", "WriteGelf")["parallelism"] == 2
+
+
+def test_flinks_prometheus_reporter_shows_the_jobs_kinesis_and_gelf_counters(push_gateway, flink_cluster):
+    """Runs after the bounded job above, whose counters the reporter pushed while it ran."""
+
+    def largest(namespace: str, name: str) -> float:
+        values = [
+            sample.value
+            for sample in push_gateway.samples()
+            if namespace in sample.name and sample.name.endswith(name)
+        ]
+        return max(values, default=0)
+
+    deadline = time.monotonic() + 30
+    while not (largest("kinesis", "records") > 0 and largest("gelf", "messages") > 0):
+        if time.monotonic() > deadline:
+            names = sorted({s.name for s in push_gateway.samples()})
+            pytest.fail(f"no Kinesis or GELF counter among {len(names)} pushed: {names[:60]}")
+        time.sleep(1)
+
+
+def test_recognisable_fake_credentials_reach_no_log_dead_letter_metric_or_job_config(
+    moto, subprocess_env, flink_cluster, push_gateway, gelf_tcp, tmp_path
+):
+    kinesis = aws_client("kinesis", moto)
+    logs = aws_client("logs", moto)
+    create_flow_log_stream(kinesis, logs, STREAM, LOG_GROUP, shards=1)
+    start_ms = cloudwatch_start_ms()
+    deliver_through_cloudwatch(logs, LOG_GROUP, flow_log_lines(200), start_ms=start_ms)
+    deliver_through_cloudwatch(logs, LOG_GROUP, MALFORMED, log_stream="eni-broken", start_ms=start_ms + 200)
+    secret, token = "FAKESECRETzq8Xv3Lm9Kp2Rt7Wy4Nb6Hd1Jg5", "FAKETOKENqp3Ls8Xd2Vm7Kr9Tw4Yb1Nh6Jc5Gf0"
+    pushed_before = len(push_gateway.bodies)
+    args = over_tcp(pipeline_args(moto, gelf_tcp.port, tmp_path / "dl"))
+    args += flink_cluster.pipeline_args(parallelism=1) + [
+        "--job_name=fake-credentials",
+        "--stop_at_latest",
+        "--aws_access_key_id=AKIAFAKEKEYID",
+        f"--aws_secret_access_key={secret}",
+        f"--aws_session_token={token}",
+    ]
+    status, output = run_flowlogs(args, subprocess_env)
+    assert status == 0, output[-3000:]
+    gelf_tcp.wait_for(200, timeout=15)
+    letters = b"".join(path.read_bytes() for path in (tmp_path / "dl").rglob("*") if path.is_file())
+    assert letters, "the malformed lines were dead-lettered"
+
+    job = flink_job(flink_cluster, "fake-credentials")
+    job_config = json.dumps(flink_cluster.rest(f"/jobs/{job['jid']}/config"))
+    assert "awsSecretAccessKey" in job_config or "aws_secret_access_key" in job_config, "the option is there"
+    flink_logs = "".join(
+        path.read_text(errors="replace") for path in flink_cluster.log_dir.glob("*") if path.is_file()
+    )
+    places = {
+        "the launcher's and job server's output": output,
+        "Flink's and the workers' logs": flink_logs,
+        "the dead letters": letters.decode("latin-1"),
+        "the metrics": "".join(push_gateway.bodies[pushed_before:]),
+        "Flink's job config": job_config,
+    }
+    for place, text in places.items():
+        assert secret not in text and token not in text, f"a credential in {place}"
 
 
 def test_streaming_job_picks_up_new_events_polls_idle_shards_calmly_and_cancels_on_sigterm(

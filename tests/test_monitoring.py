@@ -25,6 +25,7 @@ from transforms.monitoring import (
     CATALOG,
     PREFIX,
     JsonFormatter,
+    MonitoringServer,
     liveness,
     progress_line,
     prometheus_name,
@@ -266,3 +267,55 @@ def test_the_demo_shows_progress_and_no_beam_warning():
     log = done.stdout + done.stderr
     assert re.search(r"INFO transforms\.monitoring: progress: read [\d,]+/s; events [\d,]+/s; sent", log), log
     assert "WARNING apache_beam" not in log, [line for line in log.splitlines() if "apache_beam" in line]
+
+
+# --- what ships around it ---------------------------------------------------------------------------
+
+DASHBOARD = REPO / "dashboards" / "aws-gelf-pipelines.json"
+
+
+def scrape_while_running(module: str, *extra: str) -> set[str]:
+    """The metric names seen at any scrape of `python -m pipelines.<module> --demo` while it runs."""
+    port = free_port()
+    command = [sys.executable, "-m", f"pipelines.{module}", "--demo", f"--metrics_port={port}", *extra]
+    names: set[str] = set()
+    with subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT) as run:
+        while run.poll() is None:
+            samples = _scrape_quietly(port)
+            if samples:
+                names |= {name for name, _ in samples}
+            time.sleep(0.1)
+        output = run.stdout.read().decode()
+    assert run.returncode == 0, output[-3000:]
+    return names
+
+
+@pytest.mark.slow
+def test_every_metric_the_dashboard_queries_exists_in_a_live_scrape():
+    dashboard = json.loads(DASHBOARD.read_text())
+    queried = {
+        name
+        for panel in dashboard["panels"]
+        for target in panel["targets"]
+        for name in re.findall(rf"\b{PREFIX}[a-z0-9_]+", target["expr"])
+    }
+    assert len(queried) >= 15, queried
+    seen = scrape_while_running("flowlogs", "--entity_lookups") | scrape_while_running("cloudtrail")
+    assert not queried - seen, sorted(queried - seen)
+
+
+def test_the_health_check_of_the_image_probes_healthz(clean_health):
+    server = MonitoringServer("127.0.0.1", 0, unready_after=60, stale_after=300).start()
+    try:
+        check = [sys.executable, "-m", "transforms.monitoring", "probe", f"--port={server.port}"]
+        assert subprocess.run(check, cwd=REPO).returncode == 0, "starting: alive"
+        server._stale_after = 0  # no source has polled in time
+        failed = subprocess.run(check, cwd=REPO, capture_output=True, text=True)
+        assert failed.returncode == 1 and "no source has polled" in failed.stdout
+    finally:
+        server.stop()
+    closed = [sys.executable, "-m", "transforms.monitoring", "probe", f"--port={server.port}"]
+    assert subprocess.run(closed, cwd=REPO).returncode == 1
+    assert subprocess.run(closed + ["--absent-ok"], cwd=REPO).returncode == 0, "the image's other uses"
+    dockerfile = (REPO / "Dockerfile").read_text()
+    assert '"transforms.monitoring", "probe", "--port=9464", "--path=/healthz", "--absent-ok"' in dockerfile

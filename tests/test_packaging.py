@@ -11,12 +11,13 @@ import subprocess
 import sys
 import tomllib
 import xml.etree.ElementTree as ET
+import zipfile
 from importlib.metadata import version
 from pathlib import Path
 
 import yaml
 
-from flink.cluster import FLINK_MINOR, FLINK_VERSION, job_server_jar
+from flink.cluster import FLINK_MINOR, FLINK_VERSION, flink_home, job_server_jar
 from tests.conftest import REPO
 
 DOCKER_INSTRUCTIONS = {
@@ -147,3 +148,34 @@ def test_the_kubernetes_example_runs_the_image_as_worker_pool_beside_flink_of_th
     args = launcher["args"]
     assert f"--flink_version={FLINK_MINOR}" in args
     assert "--environment_type=EXTERNAL" in args and "--environment_config=localhost:50000" in args
+
+
+def test_the_flink_example_reports_to_prometheus_with_the_reporter_flink_ships():
+    documents = list(yaml.safe_load_all((REPO / "run_configs" / "k8s" / "flinkdeployment.yaml").read_text()))
+    configuration = next(d for d in documents if d["kind"] == "FlinkDeployment")["spec"]["flinkConfiguration"]
+    factory = configuration["metrics.reporter.prom.factory.class"]
+    assert factory == "org.apache.flink.metrics.prometheus.PrometheusReporterFactory"
+    plugin = flink_home() / "plugins" / "metrics-prometheus" / f"flink-metrics-prometheus-{FLINK_VERSION}.jar"
+    with zipfile.ZipFile(plugin) as jar:
+        assert factory.replace(".", "/") + ".class" in jar.namelist()
+
+
+def test_the_direct_runner_deployment_probes_the_pipelines_own_endpoints():
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from pipelines.common import expand_config
+    from transforms.monitoring import MonitoringOptions
+    from transforms.positions import PositionOptions
+
+    deployment = yaml.safe_load((REPO / "run_configs" / "k8s" / "direct-deployment.yaml").read_text())
+    assert deployment["spec"]["replicas"] == 1 and deployment["spec"]["strategy"]["type"] == "Recreate"
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    assert container["command"] == ["python", "-m", "pipelines.flowlogs"]
+    options = PipelineOptions(expand_config(container["args"]))
+    monitoring = options.view_as(MonitoringOptions)
+    assert monitoring.metrics_address == "0.0.0.0" and monitoring.log_format == "json"
+    assert options.view_as(PositionOptions).position_store == "dynamodb", "no persistent disk in a pod"
+    (port,) = container["ports"]
+    assert port["containerPort"] == monitoring.metrics_port
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": port["name"]}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": port["name"]}

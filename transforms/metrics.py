@@ -70,6 +70,7 @@ class Counter:
         beam_name = "_".join([name, *(str(v) for _, v in _labels(labels))])
         self._beam = Metrics.counter(namespace, beam_name)
         self._key = (namespace, name, _labels(labels))
+        LIVE.inc(self._key, 0)  # shown from the start, at 0, as Prometheus counters should be
 
     def inc(self, amount: int = 1) -> None:
         self._beam.inc(amount)

@@ -407,3 +407,36 @@ def monitoring_from_options(options: PipelineOptions, local: bool) -> Monitoring
     if o.unready_after_seconds <= 0:
         raise ValueError(f"--unready_after_seconds={o.unready_after_seconds} must be > 0 (default 120).")
     return Monitoring(o, local)
+
+
+# --- the container's health check ---------------------------------------------------------------
+
+
+def probe(port: int, path: str = "/healthz", absent_ok: bool = False, timeout: float = 5.0) -> int:
+    """Exit status of a health check: 0 when the endpoint answers 200 (or, with `absent_ok`, when
+    nothing listens: the image's other uses serve no metrics), 1 otherwise."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=timeout) as answer:
+            return 0 if answer.status == 200 else 1
+    except urllib.error.HTTPError as error:
+        print(error.read().decode("utf-8", "replace").strip())
+        return 1
+    except (urllib.error.URLError, OSError) as error:
+        refused = isinstance(getattr(error, "reason", error), ConnectionRefusedError)
+        return 0 if refused and absent_ok else 1
+
+
+if __name__ == "__main__":
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(description="Health check of a local pipeline's --metrics_port.")
+    parser.add_argument("check", choices=["probe"])
+    parser.add_argument("--port", type=int, default=9464)
+    parser.add_argument("--path", default="/healthz")
+    parser.add_argument("--absent-ok", action="store_true", help="pass when nothing listens on the port")
+    arguments = parser.parse_args()
+    sys.exit(probe(arguments.port, arguments.path, arguments.absent_ok))
