@@ -238,23 +238,14 @@ def test_cluster_delivers_the_same_messages_as_the_direct_runner(
     assert stage(job, "DecodeSubscription", "ToGelf", "WriteGelf")["parallelism"] == 2
 
 
-def test_flinks_prometheus_reporter_shows_the_jobs_kinesis_and_gelf_counters(push_gateway, flink_cluster):
-    """Runs after the bounded job above, whose counters the reporter pushed while it ran."""
-
-    def largest(namespace: str, name: str) -> float:
-        values = [
-            sample.value
-            for sample in push_gateway.samples()
-            if namespace in sample.name and sample.name.endswith(name)
-        ]
-        return max(values, default=0)
-
-    deadline = time.monotonic() + 30
-    while not (largest("kinesis", "records") > 0 and largest("gelf", "messages") > 0):
-        if time.monotonic() > deadline:
-            names = sorted({s.name for s in push_gateway.samples()})
-            pytest.fail(f"no Kinesis or GELF counter among {len(names)} pushed: {names[:60]}")
-        time.sleep(1)
+def pushed(gateway: PushGateway, namespace: str, name: str) -> float:
+    """The largest value pushed for a Beam counter `namespace/name` by Flink's Prometheus reporter."""
+    values = [
+        sample.value
+        for sample in gateway.samples()
+        if namespace in sample.name and sample.name.endswith(name)
+    ]
+    return max(values, default=0)
 
 
 def test_recognisable_fake_credentials_reach_no_log_dead_letter_metric_or_job_config(
@@ -300,7 +291,7 @@ def test_recognisable_fake_credentials_reach_no_log_dead_letter_metric_or_job_co
 
 
 def test_streaming_job_picks_up_new_events_polls_idle_shards_calmly_and_cancels_on_sigterm(
-    moto, subprocess_env, flink_cluster, gelf_tcp, tmp_path
+    moto, subprocess_env, flink_cluster, push_gateway, gelf_tcp, tmp_path
 ):
     kinesis = aws_client("kinesis", moto)
     logs = aws_client("logs", moto)
@@ -338,6 +329,18 @@ def test_streaming_job_picks_up_new_events_polls_idle_shards_calmly_and_cancels_
         latency = time.monotonic() - written
         assert len(messages) == len(lines), f"{len(messages)} of {len(lines)} arrived"
         print(f"1,000 events written after submission arrived within {latency:.1f} s")
+
+        # Flink's Prometheus reporter carries the job's Beam counters.
+        deadline = time.monotonic() + 30
+        while not (
+            pushed(push_gateway, "kinesis", "records") > 0 and pushed(push_gateway, "gelf", "messages")
+        ):
+            if time.monotonic() > deadline:
+                names = sorted({s.name for s in push_gateway.samples() if "_operator_" in s.name})
+                pytest.fail(f"no Kinesis or GELF counter among the operator metrics pushed: {names}")
+            time.sleep(1)
+        beam = sorted({s.name for s in push_gateway.samples() if "kinesis" in s.name or "gelf" in s.name})
+        print(f"Beam counters through Flink's Prometheus reporter: {beam}")
 
         stopped = time.monotonic()
         status, output = stop(cli)

@@ -19,6 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from pipelines.sample_data import create_flow_log_stream, deliver_through_cloudwatch, flow_log_lines
 from tests.conftest import REPO, NodeReceiver, aws_client, free_port
 from tests.test_pipelines import LOG_GROUP, STREAM
+from tests.test_restarts import start
 from transforms import metrics
 from transforms.metrics import HEALTH, LIVE, Snapshot
 from transforms.monitoring import (
@@ -190,13 +191,7 @@ def test_a_streaming_run_is_scraped_live_and_turns_unready_while_graylog_is_down
     ]
     log_path = tmp_path / "run.log"
     with open(log_path, "w") as log:
-        run = subprocess.Popen(
-            [sys.executable, "-m", "pipelines.flowlogs", *args],
-            cwd=REPO,
-            env=subprocess_env,
-            stdout=log,
-            stderr=log,
-        )
+        run = start(args, subprocess_env, log)
     try:
         sent_name = f"{PREFIX}gelf_messages_sent_total"
         scrapes = []
