@@ -193,12 +193,10 @@ def test_a_streaming_run_is_scraped_live_and_turns_unready_while_graylog_is_down
     with open(log_path, "w") as log:
         run = start(args, subprocess_env, log)
     try:
-        sent_name = f"{PREFIX}gelf_messages_sent_total"
+        growing = (f"{PREFIX}kinesis_records_read_total", f"{PREFIX}gelf_messages_sent_total")
         scrapes = []
         for _ in range(3):
-            scrapes.append(
-                scrape_when_grown(metrics_port, sent_name, total(scrapes[-1], sent_name) if scrapes else 0)
-            )
+            scrapes.append(scrape_when_grown(metrics_port, growing, scrapes[-1] if scrapes else None))
         read = [total(s, f"{PREFIX}kinesis_records_read_total") for s in scrapes]
         sent = [total(s, f"{PREFIX}gelf_messages_sent_total") for s in scrapes]
         assert read[0] < read[1] < read[2] and sent[0] < sent[1] < sent[2], (read, sent)
@@ -208,6 +206,9 @@ def test_a_streaming_run_is_scraped_live_and_turns_unready_while_graylog_is_down
             if n == f"{PREFIX}kinesis_behind_latest_seconds"
         }
         assert lag == {"shardId-000000000000", "shardId-000000000001"}
+        per_shard = f"{PREFIX}kinesis_shard_records_read_total"
+        read_by_shard = {dict(labels)["shard"]: v for (n, labels), v in scrapes[2].items() if n == per_shard}
+        assert sum(read_by_shard.values()) == read[2] and len(read_by_shard) == 2, read_by_shard
         assert probe(metrics_port, "/healthz")[0] == 200
         assert probe(metrics_port, "/readyz") == (200, "ready\n")
 
@@ -234,12 +235,18 @@ def test_a_streaming_run_is_scraped_live_and_turns_unready_while_graylog_is_down
     assert "GELF tcp://127.0.0.1" in output and "FAILING for" in output, "the progress line names the outage"
 
 
-def scrape_when_grown(port: int, name: str, above: float) -> dict:
+def scrape_when_grown(port: int, names: tuple[str, ...], previous: dict | None) -> dict:
+    """The next scrape in which every one of `names` has grown since `previous`."""
+
     def grown():
         samples = _scrape_quietly(port)
-        return samples if samples and total(samples, name) > above else None
+        if not samples:
+            return None
+        if all(total(samples, name) > (total(previous, name) if previous else 0) for name in names):
+            return samples
+        return None
 
-    return wait_for(grown, 60, f"{name} above {above}")
+    return wait_for(grown, 60, f"{names} to grow")
 
 
 def _scrape_quietly(port: int):

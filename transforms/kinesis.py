@@ -524,6 +524,7 @@ class _ReadShardsFn(beam.DoFn, KinesisRestrictionProvider):
         )
         self._iterators: dict[str, tuple[str | None, str]] = {}
         self._rng = random.Random()
+        self._per_shard: dict[str, metrics.Counter] = {}
         self._store = self._config.positions.open() if self._config.positions else None
         self._stored_finished: frozenset[str] = frozenset()
         if self._store is not None:
@@ -533,6 +534,15 @@ class _ReadShardsFn(beam.DoFn, KinesisRestrictionProvider):
     def teardown(self):
         if getattr(self, "_store", None) is not None:
             self._store.close()
+
+    def _shard_records(self, shard_id: str) -> metrics.Counter:
+        """Records read per shard: live only, Beam keeps the total."""
+        counter = self._per_shard.get(shard_id)
+        if counter is None:
+            counter = self._per_shard[shard_id] = metrics.counter(
+                "kinesis", "shard_records", beam=False, shard=shard_id
+            )
+        return counter
 
     @beam.DoFn.unbounded_per_element()
     def process(
@@ -691,6 +701,7 @@ class _ReadShardsFn(beam.DoFn, KinesisRestrictionProvider):
                 )
             )
         self._records.inc(len(records))
+        self._shard_records(position.shard_id).inc(len(records))
         self._bytes.inc(total_bytes)
         return records
 

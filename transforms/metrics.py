@@ -66,14 +66,15 @@ class Counter:
 
     __slots__ = ("_beam", "_key")
 
-    def __init__(self, namespace: str, name: str, **labels: str):
+    def __init__(self, namespace: str, name: str, beam: bool = True, **labels: str):
         beam_name = "_".join([name, *(str(v) for _, v in _labels(labels))])
-        self._beam = Metrics.counter(namespace, beam_name)
+        self._beam = Metrics.counter(namespace, beam_name) if beam else None
         self._key = (namespace, name, _labels(labels))
         LIVE.inc(self._key, 0)  # shown from the start, at 0, as Prometheus counters should be
 
     def inc(self, amount: int = 1) -> None:
-        self._beam.inc(amount)
+        if self._beam is not None:
+            self._beam.inc(amount)
         LIVE.inc(self._key, amount)
 
 
@@ -90,8 +91,9 @@ class Gauge:
         LIVE.set(self._key, value)
 
 
-def counter(namespace: str, name: str, **labels: str) -> Counter:
-    return Counter(namespace, name, **labels)
+def counter(namespace: str, name: str, beam: bool = True, **labels: str) -> Counter:
+    """`beam=False`: a live-only counter, for a breakdown whose total Beam already keeps."""
+    return Counter(namespace, name, beam, **labels)
 
 
 def gauge(namespace: str, name: str, **labels: str) -> Gauge:

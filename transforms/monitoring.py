@@ -71,6 +71,7 @@ class MonitoringOptions(PipelineOptions):
 #: (namespace, name) → (Prometheus name without the prefix, help, scale). Counters get `_total`.
 CATALOG: dict[tuple[str, str], tuple[str, str, float]] = {
     ("kinesis", "records"): ("kinesis_records_read", "Kinesis records read", 1),
+    ("kinesis", "shard_records"): ("kinesis_shard_records_read", "Kinesis records read, per shard", 1),
     ("kinesis", "bytes"): ("kinesis_read_bytes", "Bytes of Kinesis record data read", 1),
     ("kinesis", "get_records_calls"): ("kinesis_get_records_calls", "GetRecords calls answered", 1),
     ("kinesis", "throttles"): ("kinesis_throttles", "Kinesis calls throttled or failed, backed off", 1),
@@ -111,6 +112,16 @@ CATALOG: dict[tuple[str, str], tuple[str, str, float]] = {
     ),
     ("dead_letter", "written"): ("dead_letters_written", "Dead letters written, per stage", 1),
     ("sqs", "receive_calls"): ("sqs_receive_calls", "ReceiveMessage calls answered", 1),
+    ("sqs", "queue_visible_messages"): (
+        "sqs_queue_visible_messages",
+        "Messages waiting in the queue (ApproximateNumberOfMessages, every 30 s)",
+        1,
+    ),
+    ("sqs", "queue_in_flight_messages"): (
+        "sqs_queue_in_flight_messages",
+        "Messages received and not yet deleted (ApproximateNumberOfMessagesNotVisible, every 30 s)",
+        1,
+    ),
     ("sqs", "messages_received"): ("sqs_messages_received", "SQS messages received", 1),
     ("sqs", "messages_deleted"): ("sqs_messages_deleted", "SQS messages deleted after delivery", 1),
     ("sqs", "delete_failures"): ("sqs_delete_failures", "SQS deletes that failed", 1),

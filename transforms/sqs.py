@@ -41,6 +41,8 @@ from transforms.stopping import stop_requested
 _LOG = logging.getLogger(__name__)
 
 NAMESPACE = "sqs"
+#: How often the reader counts the queue's visible and in-flight messages for its gauges.
+QUEUE_GAUGE_SECONDS = 30.0
 #: DeleteMessageBatch takes at most 10 entries.
 DELETE_BATCH_SIZE = 10
 #: SQS limits: ReceiveMessage's MaxNumberOfMessages and WaitTimeSeconds, a message's visibility timeout.
@@ -371,6 +373,9 @@ class _PollQueueFn(beam.DoFn, SqsRestrictionProvider):
         self._delete = delete
         self._receive_calls = metrics.counter(NAMESPACE, "receive_calls")
         self._received = metrics.counter(NAMESPACE, "messages_received")
+        self._visible = metrics.gauge(NAMESPACE, "queue_visible_messages")
+        self._in_flight = metrics.gauge(NAMESPACE, "queue_in_flight_messages")
+        self._queue_counted_at = 0.0
         self._deleter = BundleDeleter()
 
     def setup(self):
@@ -407,6 +412,11 @@ class _PollQueueFn(beam.DoFn, SqsRestrictionProvider):
         ):
             tracker.try_claim(Finish())
             return
+        if now - self._queue_counted_at >= QUEUE_GAUGE_SECONDS:
+            try:
+                self._count_queue()
+            except (ClientError, ConnectionError, HTTPClientError) as error:
+                _LOG.debug("SQS %s: cannot count the queue (%s)", config.queue_url, error)
         messages = self._receive()
         if not tracker.try_claim(Poll(idle_since=None if messages else restriction.idle_since or now)):
             return  # checkpointed meanwhile: the messages come back after their visibility timeout
@@ -424,12 +434,20 @@ class _PollQueueFn(beam.DoFn, SqsRestrictionProvider):
         # Hand back to the runner: the bundle completes, the finalizer deletes, then the next poll.
         tracker.defer_remainder()
 
+    def _count_queue(self) -> tuple[int, int]:
+        """The queue's backlog and in-flight messages, as gauges (every QUEUE_GAUGE_SECONDS)."""
+        self._queue_counted_at = time.time()
+        visible, in_flight = queue_counts(self._client, self._config.queue_url)
+        self._visible.set(visible)
+        self._in_flight.set(in_flight)
+        return visible, in_flight
+
     def _nothing_in_flight(self) -> bool:
         """A bounded reader ends only once no message it received is still in flight: on Flink the
         deletes wait for a checkpoint, and the job must not finish before them. SQS itself is asked,
         since the step that deletes may run elsewhere."""
         try:
-            _, in_flight = queue_counts(self._client, self._config.queue_url)
+            _, in_flight = self._count_queue()
         except (ClientError, ConnectionError, HTTPClientError) as error:
             _LOG.warning("SQS %s: cannot count in-flight messages (%s)", self._config.queue_url, error)
             return True
