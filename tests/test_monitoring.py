@@ -257,9 +257,10 @@ def _scrape_quietly(port: int):
 
 
 @pytest.mark.slow
-def test_the_demo_shows_progress_and_no_beam_warning():
+@pytest.mark.parametrize(("module", "headline"), [("flowlogs", "read"), ("cloudtrail", "sqs")])
+def test_the_demo_shows_progress_and_no_beam_warning(module, headline):
     done = subprocess.run(
-        [sys.executable, "-m", "pipelines.flowlogs", "--demo"],
+        [sys.executable, "-m", f"pipelines.{module}", "--demo"],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -267,7 +268,7 @@ def test_the_demo_shows_progress_and_no_beam_warning():
     )
     assert done.returncode == 0, done.stderr[-3000:]
     log = done.stdout + done.stderr
-    assert re.search(r"INFO transforms\.monitoring: progress: read [\d,]+/s; events [\d,]+/s; sent", log), log
+    assert re.search(rf"INFO transforms\.monitoring: progress: {headline} [\d,]+/s; ", log), log
     assert "WARNING apache_beam" not in log, [line for line in log.splitlines() if "apache_beam" in line]
 
 

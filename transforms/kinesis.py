@@ -592,7 +592,8 @@ class _ReadShardsFn(beam.DoFn, KinesisRestrictionProvider):
             for position in due:
                 claim, records = self._poll(restriction.stream, position)
                 if not tracker.try_claim(claim):
-                    return  # checkpointed by the runner: the residual re-reads from the last claim
+                    # Checkpointed by the runner: the residual re-reads from the last claim.
+                    return
                 for record in records:
                     yield TimestampedValue(record, Timestamp.of(record.arrival_time))
                 if records:

@@ -419,7 +419,9 @@ class _PollQueueFn(beam.DoFn, SqsRestrictionProvider):
                 _LOG.debug("SQS %s: cannot count the queue (%s)", config.queue_url, error)
         messages = self._receive()
         if not tracker.try_claim(Poll(idle_since=None if messages else restriction.idle_since or now)):
-            return  # checkpointed meanwhile: the messages come back after their visibility timeout
+            # Checkpointed meanwhile: the messages come back after their visibility timeout. (A bare
+            # return: Beam reads `return <anything>` beside a yield as a mistake and warns at each run.)
+            return
         if messages:
             if self._delete:
                 handles = [message.receipt_handle for message in messages]
