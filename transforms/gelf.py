@@ -768,6 +768,7 @@ class UdpSender:
     ):
         self.config = config
         self._on_error = on_error or _noop
+        self._target = f"udp://{config.host}:{config.port}"
         self._sock: socket.socket | None = None
         self._address: tuple | None = None
 
@@ -800,11 +801,10 @@ class UdpSender:
                     failure = error
                     self._on_error()
                     _LOG.debug("GELF UDP send to %s failed: %r", address, error)
-        target = f"udp://{self.config.host}:{self.config.port}"
         if failure is None:
-            _delivered(target)
+            _delivered(self._target)
         else:
-            metrics.HEALTH.failed(f"GELF {target}", repr(failure))
+            metrics.HEALTH.failed(f"GELF {self._target}", repr(failure))
 
     def flush(self) -> None:
         return None

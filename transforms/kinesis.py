@@ -525,6 +525,7 @@ class _ReadShardsFn(beam.DoFn, KinesisRestrictionProvider):
         self._iterators: dict[str, tuple[str | None, str]] = {}
         self._rng = random.Random()
         self._per_shard: dict[str, metrics.Counter] = {}
+        self._lag: dict[str, metrics.Gauge] = {}
         self._store = self._config.positions.open() if self._config.positions else None
         self._stored_finished: frozenset[str] = frozenset()
         if self._store is not None:
@@ -537,12 +538,15 @@ class _ReadShardsFn(beam.DoFn, KinesisRestrictionProvider):
 
     def _shard_records(self, shard_id: str) -> metrics.Counter:
         """Records read per shard: live only, Beam keeps the total."""
-        counter = self._per_shard.get(shard_id)
-        if counter is None:
-            counter = self._per_shard[shard_id] = metrics.counter(
-                "kinesis", "shard_records", beam=False, shard=shard_id
-            )
-        return counter
+        if shard_id not in self._per_shard:
+            counter = metrics.counter("kinesis", "shard_records", beam=False, shard=shard_id)
+            self._per_shard[shard_id] = counter
+        return self._per_shard[shard_id]
+
+    def _shard_lag(self, shard_id: str) -> metrics.Gauge:
+        if shard_id not in self._lag:
+            self._lag[shard_id] = metrics.gauge("kinesis", "millis_behind_latest", shard=shard_id)
+        return self._lag[shard_id]
 
     @beam.DoFn.unbounded_per_element()
     def process(
@@ -643,7 +647,7 @@ class _ReadShardsFn(beam.DoFn, KinesisRestrictionProvider):
         now = time.time()  # the next poll is spaced from the end of this one: never more than the limit
         behind = response.get("MillisBehindLatest")
         if behind is not None:
-            metrics.gauge("kinesis", "millis_behind_latest", shard=position.shard_id).set(int(behind))
+            self._shard_lag(position.shard_id).set(int(behind))
         records = self._records_of(stream, position, response.get("Records", []))
         next_iterator = response.get("NextShardIterator")
         last = records[-1].sequence_number if records else position.after_sequence

@@ -284,31 +284,29 @@ _HEADLINE = (
 )
 
 
+def _by_name(values) -> dict[tuple[str, str], float]:
+    """Values summed over their labels."""
+    totals: dict[tuple[str, str], float] = {}
+    for (namespace, name, _), value in values.items():
+        totals[namespace, name] = totals.get((namespace, name), 0) + value
+    return totals
+
+
 def progress_line(before: Snapshot, after: Snapshot) -> str:
     """Rates of the headline counters, the worst lag, and every other counter that moved."""
     seconds = max(after.taken_at - before.taken_at, 1e-9)
-
-    def moved(namespace: str, name: str) -> float:
-        total = 0.0
-        for (ns, n, _), value in after.counters.items():
-            if (ns, n) == (namespace, name):
-                total += value
-        for (ns, n, _), value in before.counters.items():
-            if (ns, n) == (namespace, name):
-                total -= value
-        return total
-
+    totals_before, totals_after = _by_name(before.counters), _by_name(after.counters)
+    moved = {key: value - totals_before.get(key, 0) for key, value in totals_after.items()}
     parts = []
     shown = set()
     for label, namespace, name in _HEADLINE:
-        if any((ns, n) == (namespace, name) for ns, n, _ in after.counters):
-            parts.append(f"{label} {moved(namespace, name) / seconds:,.0f}/s")
+        if (namespace, name) in moved:
+            parts.append(f"{label} {moved[namespace, name] / seconds:,.0f}/s")
             shown.add((namespace, name))
     lags = [v for (ns, n, _), v in after.gauges.items() if (ns, n) == ("kinesis", "millis_behind_latest")]
     if lags:
         parts.append(f"behind {max(lags) / 1000:,.1f} s (worst of {len(lags)} shards)")
-    others = sorted({(ns, n) for ns, n, _ in after.counters} - shown)
-    changes = [f"{ns}/{n} +{moved(ns, n):,.0f}" for ns, n in others if moved(ns, n)]
+    changes = [f"{ns}/{n} +{moved[ns, n]:,.0f}" for ns, n in sorted(set(moved) - shown) if moved[ns, n]]
     parts.append(("since last: " + ", ".join(changes)) if changes else "nothing else changed")
     for component, since, error in HEALTH.failing():
         parts.append(f"{component} FAILING for {after.taken_at - since:.0f} s: {error}")
