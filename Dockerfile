@@ -8,6 +8,16 @@
 # Built on Beam's own Python SDK image, whose version must be the apache-beam pinned in pyproject.toml
 # (tests/test_packaging.py checks both).
 ARG BEAM_VERSION=2.62.0
+
+# Beam's Flink job server with our fix of its checkpoint growth (flink/jobserver): the launcher passes it
+# as --flink_job_server_jar, and with --flink_submit_uber_jar it is the jar the job runs from on Flink.
+FROM maven:3.9-eclipse-temurin-17 AS jobserver
+ARG BEAM_VERSION
+WORKDIR /build
+COPY flink/jobserver ./
+RUN mvn -B -q package -Dbeam.version=${BEAM_VERSION} -Dflink.minor=1.19 \
+    && mv target/beam-runners-flink-1.19-job-server-${BEAM_VERSION}.jar /build/job-server.jar
+
 FROM apache/beam_python3.11_sdk:${BEAM_VERSION}
 ARG BEAM_VERSION
 
@@ -16,6 +26,7 @@ COPY pyproject.toml README.md ./
 COPY pipelines ./pipelines
 COPY transforms ./transforms
 COPY run_configs ./run_configs
+COPY --from=jobserver /build/job-server.jar ./flink/beam-runners-flink-1.19-job-server.jar
 # The image's Beam must stay the one it was built with: the install may add packages, never change it.
 RUN pip install --no-cache-dir . \
     && python -c "from importlib.metadata import version as v; assert v('apache-beam') == '${BEAM_VERSION}', v('apache-beam')" \

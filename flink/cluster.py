@@ -17,6 +17,7 @@ project's environment.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import shutil
@@ -55,15 +56,26 @@ def flink_home() -> Path:
     return CACHE / f"flink-{FLINK_VERSION}"
 
 
+def job_server_sources_digest() -> str:
+    """SHA-256 over the job server's Maven project (pom and our patch to Beam), to know a stale jar."""
+    project = REPO / "flink" / "jobserver"
+    digest = hashlib.sha256()
+    for path in sorted([project / "pom.xml", *(project / "src").rglob("*.java")]):
+        digest.update(path.relative_to(project).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
 def fetch_job_server(log=print) -> Path:
-    """Builds Beam's Flink job server jar with Maven (from Maven Central), once."""
+    """Builds Beam's Flink job server jar with Maven (from Maven Central), again when its sources change."""
     jar = job_server_jar()
-    if jar.is_file():
+    stamp = jar.with_name(jar.name + ".sources-sha256")
+    sources = job_server_sources_digest()
+    if jar.is_file() and stamp.is_file() and stamp.read_text().strip() == sources:
         return jar
     if shutil.which("mvn") is None:
         raise RuntimeError("Maven (mvn) is needed to fetch the Beam Flink job server; install Maven.")
     project = REPO / "flink" / "jobserver"
-    log(f"Fetching the Beam {beam_version()} Flink {FLINK_MINOR} job server with Maven…")
+    log(f"Building the Beam {beam_version()} Flink {FLINK_MINOR} job server with Maven…")
     subprocess.run(
         [
             "mvn",
@@ -82,6 +94,7 @@ def fetch_job_server(log=print) -> Path:
     partial = jar.with_suffix(".part")
     shutil.copyfile(built, partial)
     partial.rename(jar)
+    stamp.write_text(sources + "\n")
     shutil.rmtree(project / "target", ignore_errors=True)
     return jar
 

@@ -53,6 +53,42 @@ def job_server_jar() -> Path:
     return fetch_job_server()
 
 
+#: The Beam classes flink/jobserver's build patches (PatchSdfResiduals), and the jars they come from.
+PATCHED_BEAM_CLASSES = {
+    "beam-runners-java-fn-execution": [
+        "org/apache/beam/runners/fnexecution/control/"
+        "BundleCheckpointHandlers$StateAndTimerBundleCheckpointHandler.class",
+    ],
+    f"beam-runners-flink-{FLINK_MINOR}": [
+        "org/apache/beam/runners/flink/translation/wrappers/streaming/"
+        "ExecutableStageDoFnOperator$SdkHarnessDoFnRunner.class",
+        "org/apache/beam/runners/flink/translation/functions/FlinkExecutableStageFunction.class",
+    ],
+}
+
+
+@pytest.fixture(scope="session")
+def beams_own_job_server_jar(job_server_jar, tmp_path_factory) -> Path:
+    """The job server as Beam 2.62.0 has it: ours with the patched classes put back from Maven's copies
+    of Beam's jars (where the build took them from), and our classes left out."""
+    import zipfile
+    from importlib.metadata import version
+
+    beam = version("apache-beam")
+    repository = Path.home() / ".m2" / "repository" / "org" / "apache" / "beam"
+    originals = {}
+    for artifact, classes in PATCHED_BEAM_CLASSES.items():
+        with zipfile.ZipFile(repository / artifact / beam / f"{artifact}-{beam}.jar") as jar:
+            originals.update({name: jar.read(name) for name in classes})
+    jar = tmp_path_factory.mktemp("upstream") / job_server_jar.name
+    with zipfile.ZipFile(job_server_jar) as source, zipfile.ZipFile(jar, "w", zipfile.ZIP_DEFLATED) as out:
+        for entry in source.infolist():
+            if entry.filename.startswith("awsgelf/"):
+                continue
+            out.writestr(entry, originals.get(entry.filename) or source.read(entry.filename))
+    return jar
+
+
 class PushGateway:
     """What a Prometheus push gateway receives: every body Flink's reporter pushes, in text format."""
 
@@ -330,6 +366,21 @@ def test_streaming_job_picks_up_new_events_polls_idle_shards_calmly_and_cancels_
         assert len(messages) == len(lines), f"{len(messages)} of {len(lines)} arrived"
         print(f"1,000 events written after submission arrived within {latency:.1f} s")
 
+        # Beam #27648, fixed in the job server built here: each hand-back of an idle shard used to add
+        # a keyed state of its own to every checkpoint (a few KB each, about 120 KB in these 20 s).
+        first = latest_checkpoint(flink_cluster, name, after_ms=time.time() * 1000)
+        polls_before = sum(len(times) for times in proxy.polls.values())
+        time.sleep(20)
+        last = latest_checkpoint(flink_cluster, name, after_ms=time.time() * 1000)
+        polls = sum(len(times) for times in proxy.polls.values()) - polls_before
+        growth = last["state_size"] - first["state_size"]
+        print(f"checkpoint state {first['state_size']:,} -> {last['state_size']:,} bytes over {polls} polls")
+        assert polls >= 10, "the shards were polled (and handed back) while the size was watched"
+        assert growth < 4_000, f"the checkpoint grew by {growth:,} bytes in 20 s"
+        taskmanager_logs = flink_cluster.log_dir.glob("*taskexecutor*")
+        taskmanager = "".join(path.read_text(errors="replace") for path in taskmanager_logs)
+        assert "SDF residuals are kept in the map state 'aws_gelf_sdf_residuals'" in taskmanager
+
         # Flink's Prometheus reporter carries the job's Beam counters.
         deadline = time.monotonic() + 30
         while not (
@@ -423,10 +474,14 @@ def stop_with_savepoint(cluster: FlinkCluster, name: str, directory: Path, timeo
     pytest.fail(f"the savepoint of {name} did not complete in {timeout} s")
 
 
-@pytest.mark.parametrize("snapshot", ["retained checkpoint", "savepoint"])
+@pytest.mark.parametrize(
+    "snapshot", ["retained checkpoint", "savepoint", "savepoint of Beam's own job server"]
+)
 def test_a_job_restarted_from_its_snapshot_resumes_where_it_stopped(
-    snapshot, moto, subprocess_env, flink_cluster, gelf_tcp, tmp_path
+    snapshot, moto, subprocess_env, flink_cluster, gelf_tcp, tmp_path, request
 ):
+    """Also across the job server upgrade: residuals that Beam's own job server left in its per-timer
+    states are resumed by ours (SdfResiduals reads them from there)."""
     kinesis = aws_client("kinesis", moto)
     logs = aws_client("logs", moto)
     create_flow_log_stream(kinesis, logs, STREAM, LOG_GROUP, shards=2)
@@ -437,13 +492,16 @@ def test_a_job_restarted_from_its_snapshot_resumes_where_it_stopped(
         "--retain_externalized_checkpoints_on_cancellation",
     ]
     before, after = flow_log_lines(600)[:300], flow_log_lines(600)[300:]
-    name = f"restore-from-{snapshot.replace(' ', '-')}"
+    name = f"restore-from-{snapshot.replace(' ', '-').replace(chr(39), '')}"
+    first_args = args + checkpointing + [f"--job_name={name}"]
+    if snapshot.endswith("Beam's own job server"):
+        first_args.append(f"--flink_job_server_jar={request.getfixturevalue('beams_own_job_server_jar')}")
 
-    with launched(args + checkpointing + [f"--job_name={name}"], subprocess_env) as first:
+    with launched(first_args, subprocess_env) as first:
         wait_for_state(flink_cluster, name, {"RUNNING"}, timeout=120)
         deliver_through_cloudwatch(logs, LOG_GROUP, before, batch_size=100, log_stream="before")
         assert len(gelf_tcp.wait_for(len(before), timeout=60)) == len(before)
-        if snapshot == "savepoint":
+        if snapshot.startswith("savepoint"):
             path = stop_with_savepoint(flink_cluster, name, tmp_path / "savepoints")
             assert first.wait(timeout=60) == 0, "the launcher ends cleanly with the stopped job"
             ended = "FINISHED"

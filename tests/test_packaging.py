@@ -51,6 +51,13 @@ def dockerfile_instructions() -> list[tuple[str, str]]:
     return instructions
 
 
+def final_stage() -> list[tuple[str, str]]:
+    """The instructions of the image itself: those after the last FROM."""
+    instructions = dockerfile_instructions()
+    last_from = max(i for i, (keyword, _) in enumerate(instructions) if keyword == "FROM")
+    return instructions[last_from + 1 :]
+
+
 def test_beam_is_pinned_to_one_exact_version_and_installed_at_it():
     assert re.fullmatch(r"\d+\.\d+\.\d+", pinned_beam())
     assert version("apache-beam") == pinned_beam()
@@ -65,11 +72,13 @@ def test_the_dockerfile_is_well_formed_and_starts_from_the_sdk_image_of_the_pinn
     assert all(keyword == "ARG" for keyword, _ in instructions[:first_from]), "only ARG may precede FROM"
     args = dict(a.split("=", 1) for k, a in instructions[:first_from] if "=" in a)
     bases = [re.sub(r"\$\{(\w+)\}", lambda m: args[m.group(1)], a) for k, a in instructions if k == "FROM"]
-    assert bases == [f"apache/beam_python3.11_sdk:{pinned_beam()}"]
+    # A build stage makes the job server jar (flink/jobserver); the image itself is the SDK's.
+    sdk = f"apache/beam_python3.11_sdk:{pinned_beam()}"
+    assert bases == ["maven:3.9-eclipse-temurin-17 AS jobserver", sdk]
     # Beam's boot program must stay the entrypoint: it is what runs the harness and the worker pool.
     assert "ENTRYPOINT" not in {keyword for keyword, _ in instructions}
     for keyword, arguments in instructions:
-        if keyword == "COPY":
+        if keyword == "COPY" and not arguments.startswith("--from="):
             for source in arguments.split()[:-1]:
                 assert (REPO / source).exists(), f"Dockerfile copies {source}, not in the repository"
     runs = [arguments for keyword, arguments in instructions if keyword == "RUN"]
@@ -81,9 +90,9 @@ def test_the_images_install_step_works_on_exactly_what_the_dockerfile_copies(tmp
     """The Dockerfile's COPY lines rebuilt as a build context, then its RUN step on it (pip install, then
     --help) against this venv's dependencies: a module the image would lack fails here."""
     context = tmp_path / "context"
-    workdir = next(arguments for keyword, arguments in dockerfile_instructions() if keyword == "WORKDIR")
-    for keyword, arguments in dockerfile_instructions():
-        if keyword != "COPY":
+    workdir = next(arguments for keyword, arguments in final_stage() if keyword == "WORKDIR")
+    for keyword, arguments in final_stage():
+        if keyword != "COPY" or arguments.startswith("--from="):
             continue
         *sources, destination = arguments.split()
         for source in sources:
@@ -148,6 +157,11 @@ def test_the_kubernetes_example_runs_the_image_as_worker_pool_beside_flink_of_th
     args = launcher["args"]
     assert f"--flink_version={FLINK_MINOR}" in args
     assert "--environment_type=EXTERNAL" in args and "--environment_config=localhost:50000" in args
+    # The job runs from the job server jar the image carries (with the checkpoint growth fix), not Beam's.
+    copied = next(a for k, a in final_stage() if k == "COPY" and a.startswith("--from=jobserver"))
+    workdir = next(a for k, a in final_stage() if k == "WORKDIR")
+    carried = Path(workdir, copied.split()[-1]).as_posix()
+    assert "--flink_submit_uber_jar" in args and f"--flink_job_server_jar={carried}" in args
 
 
 def test_the_flink_example_reports_to_prometheus_with_the_reporter_flink_ships():
