@@ -60,7 +60,7 @@ def job_server_sources_digest() -> str:
     """SHA-256 over the job server's Maven project (pom and our patch to Beam), to know a stale jar."""
     project = REPO / "flink" / "jobserver"
     digest = hashlib.sha256()
-    for path in sorted([project / "pom.xml", *(project / "src").rglob("*.java")]):
+    for path in sorted([project / "pom.xml", *(p for p in (project / "src").rglob("*") if p.is_file())]):
         digest.update(path.relative_to(project).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
     return digest.hexdigest()
 
