@@ -9,8 +9,11 @@ import java.util.HashSet;
 import java.util.LinkedHashMap;
 import java.util.Map;
 import java.util.Set;
+import org.apache.beam.runners.core.InMemoryStateInternals;
 import org.apache.beam.runners.core.InMemoryStateInternals.InMemoryMap;
 import org.apache.beam.runners.core.InMemoryStateInternals.InMemoryValue;
+import org.apache.beam.runners.core.StateNamespace;
+import org.apache.beam.runners.core.StateNamespaces;
 import org.apache.beam.runners.core.StateTag;
 import org.apache.beam.sdk.coders.Coder;
 import org.apache.beam.sdk.coders.StringUtf8Coder;
@@ -133,6 +136,17 @@ public class SdfResidualsTest {
     assertEquals("shard-0001", states.state(SdfResiduals.residual(second, CODER)).read());
     assertEquals("shard-0000", states.state(SdfResiduals.residual(first, CODER)).read());
     assertNull("read once", states.state(SdfResiduals.residual(first, CODER)).read());
+  }
+
+  @Test
+  public void flinkBatchsInMemoryStateFindsTheResidualAgainByItsTimer() {
+    // FlinkExecutableStageFunction keeps residuals in InMemoryStateInternals, found again by tag.
+    InMemoryStateInternals<String> batch = InMemoryStateInternals.forKey("sdf_state");
+    StateNamespace global = StateNamespaces.global();
+    String timer = timerId(SdfResiduals.checkpointIds(), 0);
+    batch.state(global, SdfResiduals.residual(timer, CODER)).write("shard-0000");
+    assertEquals("shard-0000", batch.state(global, SdfResiduals.residual(timer, CODER)).read());
+    assertNull(batch.state(global, SdfResiduals.residual(timer, CODER)).read());
   }
 
   @Test
