@@ -93,7 +93,7 @@ public final class SdfResiduals {
     @Override
     public void finishSpecifying() {}
 
-    // In-memory state (Flink batch) finds a state again by its tag, and so by this spec.
+    // Specs are values, as Beam's are: two specs of the same coder are the same spec.
     @Override
     public boolean equals(Object other) {
       return other instanceof ResidualSpec && coder.equals(((ResidualSpec<?>) other).coder);
