@@ -150,8 +150,7 @@ def main() -> int:
             )
         patch_lines = [
             line.strip()
-            for log in sorted(cluster.log_dir.glob("*taskexecutor*.log"))
-            for line in log.read_text(errors="replace").splitlines()
+            for line in cluster.taskmanager_log().splitlines()
             if "patch for apache/beam#27648" in line
         ]
     finally:

@@ -36,6 +36,8 @@ from pipelines.runners import flink_rest
 
 REPO = Path(__file__).resolve().parent.parent
 CACHE = Path(os.environ.get("FLINK_CACHE_DIR", REPO / ".cache" / "flink"))
+#: The job server's Maven project: Beam's Flink runner shaded into one jar, with our fix of #27648.
+JOBSERVER = REPO / "flink" / "jobserver"
 #: Beam 2.62's newest supported Flink line, and the newest release of that line on PyPI.
 FLINK_MINOR = "1.19"
 FLINK_VERSION = "1.19.3"
@@ -58,10 +60,9 @@ def flink_home() -> Path:
 
 def job_server_sources_digest() -> str:
     """SHA-256 over the job server's Maven project (pom and our patch to Beam), to know a stale jar."""
-    project = REPO / "flink" / "jobserver"
     digest = hashlib.sha256()
-    for path in sorted([project / "pom.xml", *(p for p in (project / "src").rglob("*") if p.is_file())]):
-        digest.update(path.relative_to(project).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    for path in sorted([JOBSERVER / "pom.xml", *(p for p in (JOBSERVER / "src").rglob("*") if p.is_file())]):
+        digest.update(path.relative_to(JOBSERVER).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
     return digest.hexdigest()
 
 
@@ -74,7 +75,6 @@ def fetch_job_server(log=print) -> Path:
         return jar
     if shutil.which("mvn") is None:
         raise RuntimeError("Maven (mvn) is needed to fetch the Beam Flink job server; install Maven.")
-    project = REPO / "flink" / "jobserver"
     log(f"Building the Beam {beam_version()} Flink {FLINK_MINOR} job server with Maven…")
     subprocess.run(
         [
@@ -82,20 +82,20 @@ def fetch_job_server(log=print) -> Path:
             "-q",
             "-B",
             "-f",
-            str(project / "pom.xml"),
+            str(JOBSERVER / "pom.xml"),
             "package",
             f"-Dbeam.version={beam_version()}",
             f"-Dflink.minor={FLINK_MINOR}",
         ],
         check=True,
     )
-    built = project / "target" / jar.name
+    built = JOBSERVER / "target" / jar.name
     jar.parent.mkdir(parents=True, exist_ok=True)
     partial = jar.with_suffix(".part")
     shutil.copyfile(built, partial)
     partial.rename(jar)
     stamp.write_text(sources + "\n")
-    shutil.rmtree(project / "target", ignore_errors=True)
+    shutil.rmtree(JOBSERVER / "target", ignore_errors=True)
     return jar
 
 
@@ -308,6 +308,12 @@ class FlinkCluster:
             start_new_session=True,
         )
         (self.workdir / "worker-pool.pid").write_text(str(process.pid))
+
+    def taskmanager_log(self) -> str:
+        """What the TaskManagers logged so far (e.g. the line that shows the job server's #27648 fix)."""
+        return "".join(
+            path.read_text(errors="replace") for path in sorted(self.log_dir.glob("*taskexecutor*"))
+        )
 
     def stop(self) -> None:
         env = self._env()
